@@ -1,0 +1,77 @@
+"""Validators for one schema: a fast one for the hot path and the reference one for tests.
+
+The hot path uses ``jsonschema-rs`` (about 1 µs per 20-field event here, against
+about 100 µs for ``jsonschema``). ``jsonschema`` stays the reference: a differential
+test runs both over every example and thousands of generated payloads and requires
+identical verdicts. ``format`` is an annotation in both (Draft 2020-12 default); the
+schemas enforce shapes with ``pattern`` so that both engines agree to the letter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jsonschema
+import jsonschema_rs
+
+from streams.errors import Violation
+
+
+def json_path(parts: Iterable[str | int]) -> str:
+    """Render an instance path as JSONPath: ``$.geo.lat``, ``$.items[3]``."""
+    out = ["$"]
+    for part in parts:
+        if isinstance(part, int):
+            out.append(f"[{part}]")
+        elif part.isidentifier():
+            out.append(f".{part}")
+        else:
+            out.append(f"[{part!r}]")
+    return "".join(out)
+
+
+class FastValidator:
+    """jsonschema-rs over one schema document: ``is_valid`` first, every error only on failure."""
+
+    __slots__ = ("_validator",)
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self._validator = jsonschema_rs.validator_for(document, validate_formats=False)
+
+    def is_valid(self, instance: Any) -> bool:
+        return bool(self._validator.is_valid(instance))
+
+    def violations(self, instance: Any) -> tuple[Violation, ...]:
+        found = [
+            Violation(json_path(error.instance_path), str(error.message))
+            for error in self._validator.iter_errors(instance)
+        ]
+        return tuple(sorted(found, key=lambda v: (v.path, v.message)))
+
+
+class ReferenceValidator:
+    """The card's ``jsonschema`` (Draft 2020-12): slow, authoritative, used by tests and tools."""
+
+    __slots__ = ("_validator",)
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        jsonschema.Draft202012Validator.check_schema(document)
+        self._validator = jsonschema.Draft202012Validator(document)
+
+    def is_valid(self, instance: Any) -> bool:
+        return bool(self._validator.is_valid(instance))
+
+    def violations(self, instance: Any) -> tuple[Violation, ...]:
+        found = [
+            Violation(json_path(error.absolute_path), error.message)
+            for error in self._validator.iter_errors(instance)
+        ]
+        return tuple(sorted(found, key=lambda v: (v.path, v.message)))
+
+
+def describe(violations: Sequence[Violation], limit: int = 10) -> str:
+    """One line for logs and DLQ headers: the first ``limit`` violations."""
+    shown = "; ".join(str(v) for v in violations[:limit])
+    more = len(violations) - limit
+    return f"{shown}; and {more} more" if more > 0 else shown
