@@ -81,6 +81,61 @@ class Settings(BaseSettings):
     web_enabled: bool = Field(default=True, description="STREAMSCORE_WEB_ENABLED.")
     log_level: str = Field(default="info", description="STREAMSCORE_LOG_LEVEL.")
 
+    # Nightly features (dbt + Feast) and the lake.
+    lake_dir: str = Field(
+        default="",
+        description=(
+            "STREAMSCORE_LAKE_DIR: event lake root, a local path or any fsspec URL "
+            "(default <home>/lake)."
+        ),
+    )
+    dbt_project_dir: Path = Field(
+        default_factory=lambda: project_root() / "dbt_project",
+        description="STREAMSCORE_DBT_PROJECT_DIR.",
+    )
+    feature_repo_dir: Path = Field(
+        default_factory=lambda: project_root() / "features",
+        description="STREAMSCORE_FEATURE_REPO_DIR: the Feast repo.",
+    )
+    online_store: str = Field(
+        default="sqlite", description="STREAMSCORE_ONLINE_STORE: sqlite (default) or redis."
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:16379/0", description="STREAMSCORE_REDIS_URL."
+    )
+    redis_port: int = Field(default=16379, description="STREAMSCORE_REDIS_PORT: local redis.")
+    feature_service: str = Field(
+        default="fraud_v1", description="STREAMSCORE_FEATURE_SERVICE: what the model names."
+    )
+    nightly_cron: str = Field(
+        default="", description="STREAMSCORE_NIGHTLY_CRON: run nightly in the worker (e.g. 0 2 * * *)."
+    )
+
+    # Models and scoring.
+    models_dir: Path = Field(
+        default_factory=lambda: project_root() / "models",
+        description="STREAMSCORE_MODELS_DIR: registry.yaml and ONNX artifacts.",
+    )
+    providers: str = Field(
+        default="auto",
+        description="STREAMSCORE_PROVIDERS: auto (CUDA then CPU), cpu, cuda, tensorrt.",
+    )
+    intra_op_threads: int = Field(
+        default=1, ge=0, description="STREAMSCORE_INTRA_OP_THREADS: ONNX Runtime threads."
+    )
+
+    # ClickHouse: chDB in-process by default, any server by URL unchanged.
+    clickhouse_dsn: str = Field(
+        default="",
+        description=(
+            "STREAMSCORE_CLICKHOUSE_DSN: chdb:///path (default <home>/chdb) or "
+            "http://host:8123/db."
+        ),
+    )
+    clickhouse_database: str = Field(
+        default="streamscore", description="STREAMSCORE_CLICKHOUSE_DATABASE."
+    )
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:
@@ -93,6 +148,16 @@ class Settings(BaseSettings):
     def manages_local_kafka(self) -> bool:
         """True when streamscore owns the broker (no external bootstrap given)."""
         return self.kafka_bootstrap is None
+
+    @property
+    def lake_url(self) -> str:
+        """The lake root: STREAMSCORE_LAKE_DIR or <home>/lake."""
+        return self.lake_dir or str(self.home / "lake")
+
+    @property
+    def clickhouse_url(self) -> str:
+        """The ClickHouse DSN: STREAMSCORE_CLICKHOUSE_DSN or chdb:///<home>/chdb."""
+        return self.clickhouse_dsn or f"chdb://{self.home / 'chdb'}"
 
     @property
     def bootstrap_servers(self) -> str:

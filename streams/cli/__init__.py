@@ -1,0 +1,1 @@
+"""The ``streamscore`` command line."""

@@ -1,0 +1,1 @@
+"""Features: the feature-service contract, online (serving-side) access and training sets."""
