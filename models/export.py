@@ -1,0 +1,103 @@
+"""Native model → ONNX with one float32 input ``features`` [N, F] and one output ``score`` [N].
+
+Both converters emit ``label`` and ``probabilities`` [N, 2] (zipmap disabled); we
+append a Gather of the positive-class column, drop every other output and prune the
+nodes that only fed them, then stamp streamscore metadata into ``metadata_props`` so
+the loader can tell an ONNX file from a foreign one with the same name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from streams.scoring.artifact import META_PREFIX
+from streams.scoring.metadata import INPUT_NAME, OUTPUT_NAME
+
+# Opsets ONNX Runtime >= 1.20 runs everywhere (CPU, CUDA, TensorRT).
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+LIGHTGBM_OPSET = 15
+
+
+def lightgbm_to_onnx(model: Any, n_features: int) -> onnx.ModelProto:
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    onx = convert_lightgbm(
+        model,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        zipmap=False,
+        # onnxmltools takes the main opset only, and its LightGBM converter stops at 15.
+        target_opset=LIGHTGBM_OPSET,
+    )
+    return _positive_class_only(onx)
+
+
+def sklearn_to_onnx(pipeline: Any, n_features: int) -> onnx.ModelProto:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onx = convert_sklearn(
+        pipeline,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        options={"zipmap": False},
+        target_opset=TARGET_OPSET,
+    )
+    return _positive_class_only(onx)
+
+
+def _positive_class_only(onx: onnx.ModelProto) -> onnx.ModelProto:
+    graph = onx.graph
+    probs = [o.name for o in graph.output if o.name != "label"]
+    if len(probs) != 1:
+        raise ValueError(
+            f"expected outputs label + probabilities, got {[o.name for o in graph.output]}"
+        )
+    index_name = "streamscore_positive_class"
+    graph.initializer.append(numpy_helper.from_array(np.array(1, dtype=np.int64), index_name))
+    # Gather with a scalar index drops the class axis: [N, 2] -> [N].
+    graph.node.append(
+        helper.make_node("Gather", [probs[0], index_name], [OUTPUT_NAME], axis=1, name="score")
+    )
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N"]))
+    _prune(graph)
+    return onx
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes (and initializers) no graph output depends on."""
+    needed = {o.name for o in graph.output}
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(out in needed for out in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    keep.reverse()
+    del graph.node[:]
+    graph.node.extend(keep)
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
+def stamp(
+    onx: onnx.ModelProto, *, name: str, version: str, feature_service: str, n_features: int
+) -> bytes:
+    """Write streamscore metadata into the model, check it and serialise it."""
+    props = {
+        "name": name,
+        "version": version,
+        "feature_service": feature_service,
+        "n_features": str(n_features),
+    }
+    del onx.metadata_props[:]
+    for key, value in props.items():
+        entry = onx.metadata_props.add()
+        entry.key, entry.value = f"{META_PREFIX}{key}", value
+    onx.doc_string = f"streamscore fraud model {name}-{version} on {feature_service}"
+    onnx.checker.check_model(onx, full_check=True)
+    return bytes(onx.SerializeToString(deterministic=True))
