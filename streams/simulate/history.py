@@ -56,7 +56,7 @@ def _string_column(values: tuple[str, ...] | list[str]) -> pa.Array:
     return pa.array(values, type=pa.string())
 
 
-def _uuid_column(ascii36: np.ndarray) -> pa.Array:  # type: ignore[type-arg]
+def _uuid_column(ascii36: np.ndarray) -> pa.Array:
     """(n, 36) ASCII bytes → a string array without building Python strings."""
     n = len(ascii36)
     offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
@@ -64,13 +64,13 @@ def _uuid_column(ascii36: np.ndarray) -> pa.Array:  # type: ignore[type-arg]
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
 
 
-def _nullable_take(values: pa.Array, index: np.ndarray) -> pa.Array:  # type: ignore[type-arg]
+def _nullable_take(values: pa.Array, index: np.ndarray) -> pa.Array:
     """``values[index]`` with null where ``index`` is -1."""
     indices = pa.array(index, mask=index < 0, type=pa.int64())
     return values.take(indices)
 
 
-def _nan_to_null(values: np.ndarray) -> pa.Array:  # type: ignore[type-arg]
+def _nan_to_null(values: np.ndarray) -> pa.Array:
     return pa.array(values, mask=np.isnan(values), type=pa.float64())
 
 
