@@ -1,0 +1,1 @@
+"""Local services for development and tests: a real Kafka broker (and Redis when asked)."""

@@ -1,0 +1,98 @@
+"""Background processes with a pid file: start detached, check they are ours, stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from streams.errors import InfraError
+
+
+def read_pid(pid_file: Path, marker: str) -> int | None:
+    """The pid in ``pid_file`` if that process is alive and its command line holds ``marker``."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    if marker not in cmdline:
+        return None  # the pid was reused by another program
+    return pid
+
+
+def start_detached(
+    argv: Sequence[str], log_file: Path, pid_file: Path, cwd: Path, env: dict[str, str] | None = None
+) -> int:
+    """Start ``argv`` in its own session, output appended to ``log_file``; write the pid file."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,  # survives the CLI that started it
+            )
+        except OSError as exc:
+            raise InfraError(f"could not start {argv[0]}: {exc}") from exc
+    pid_file.write_text(f"{process.pid}\n")
+    return process.pid
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); look at its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop(pid: int, timeout: float = 30.0) -> bool:
+    """SIGTERM, wait, then SIGKILL. True if it had to be killed."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not alive(pid):
+            return False
+        time.sleep(0.2)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    _reap(pid)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log file)"

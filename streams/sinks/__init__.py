@@ -1,0 +1,1 @@
+"""Where results go: the Kafka hand-off (valid topics, DLQ), later ClickHouse and the lake."""

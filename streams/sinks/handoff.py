@@ -1,0 +1,174 @@
+"""The ingestion hand-off: accepted events to their valid topic, dead letters to the DLQ.
+
+Both keep the original key and value bytes. Accepted events gain ``source-*`` headers
+(topic, partition, offset of the raw record), so every downstream consumer can
+deduplicate on the source coordinates: ingestion is at-least-once, and a worker crash
+between send and commit re-sends a batch that downstream then drops as duplicates.
+Dead letters gain ``dlq.*`` headers that say what was wrong and where it came from.
+
+``deliver`` returns only when the broker acknowledged every record (acks=all,
+idempotent producer); the caller commits offsets only after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import orjson
+from confluent_kafka import KafkaError as _ConfluentError
+from confluent_kafka import Message, Producer
+
+from streams.errors import DeliveryError
+from streams.headers import (
+    DLQ_ERROR_CLASS,
+    DLQ_ERROR_MESSAGE,
+    DLQ_ERROR_PATHS,
+    DLQ_PREFIX,
+    DLQ_SCHEMA_ID,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_TIMESTAMP,
+    DLQ_SOURCE_TOPIC,
+    DLQ_STAGE,
+    DLQ_TIME,
+    DLQ_WORKER_ID,
+    EVENT_TYPE,
+    INGESTED_AT,
+    SCHEMA_ID,
+    SCHEMA_VERSION,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TIMESTAMP,
+    SOURCE_TOPIC,
+)
+from streams.ingest import Accepted, DeadLetter
+from streams.kafka import make_producer
+from streams.settings import Settings
+from streams.topics import dlq_topic, valid_topic
+
+Header = tuple[str, bytes]
+_KEEP_ON_HANDOFF = frozenset((SCHEMA_ID, EVENT_TYPE, SCHEMA_VERSION))
+# A DLQ header must stay far below the broker's limits; the full text is in the log.
+MAX_MESSAGE_CHARS = 2000
+
+
+def handoff_headers(accepted: Accepted, now_ms: int) -> list[Header]:
+    """Headers of an accepted event on its valid topic: schema identity and source offsets."""
+    record, schema = accepted.record, accepted.schema
+    headers: list[Header] = [
+        (k, v) for k, v in record.headers if k not in _KEEP_ON_HANDOFF and v is not None
+    ]
+    headers += [
+        (SCHEMA_ID, schema.schema_id.encode()),
+        (EVENT_TYPE, schema.event_type.encode()),
+        (SCHEMA_VERSION, str(schema.version).encode()),
+        (SOURCE_TOPIC, record.topic.encode()),
+        (SOURCE_PARTITION, str(record.partition).encode()),
+        (SOURCE_OFFSET, str(record.offset).encode()),
+        (SOURCE_TIMESTAMP, str(record.timestamp_ms).encode()),
+        (INGESTED_AT, str(now_ms).encode()),
+    ]
+    return headers
+
+
+def dead_letter_headers(dead: DeadLetter, stage: str, worker_id: str, now_ms: int) -> list[Header]:
+    """The original headers (minus any earlier ``dlq.*``) followed by why and from where."""
+    record = dead.record
+    headers: list[Header] = [
+        (k, v if v is not None else b"")
+        for k, v in record.headers
+        if not k.startswith(DLQ_PREFIX)
+    ]
+    headers += [
+        (DLQ_SOURCE_TOPIC, record.topic.encode()),
+        (DLQ_SOURCE_PARTITION, str(record.partition).encode()),
+        (DLQ_SOURCE_OFFSET, str(record.offset).encode()),
+        (DLQ_SOURCE_TIMESTAMP, str(record.timestamp_ms).encode()),
+        (DLQ_STAGE, stage.encode()),
+        (DLQ_ERROR_CLASS, dead.reason.encode()),
+        (DLQ_ERROR_MESSAGE, dead.message[:MAX_MESSAGE_CHARS].encode()),
+        (DLQ_ERROR_PATHS, orjson.dumps(sorted({v.path for v in dead.violations}))),
+        (DLQ_SCHEMA_ID, (dead.schema_id or "").encode()),
+        (DLQ_WORKER_ID, worker_id.encode()),
+        (DLQ_TIME, str(now_ms).encode()),
+    ]
+    return headers
+
+
+class KafkaHandoff:
+    """Produces a batch's results and waits for the broker's acknowledgement of each."""
+
+    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+        self._settings = settings
+        self._producer = producer or make_producer(settings, **{"linger.ms": 2})
+        self._dlq = dlq_topic(settings)
+        self._valid: dict[str, str] = {}
+        self._failures: list[str] = []
+
+    def _valid_topic(self, event_type: str) -> str:
+        topic = self._valid.get(event_type)
+        if topic is None:
+            topic = self._valid[event_type] = valid_topic(self._settings, event_type)
+        return topic
+
+    def _on_delivery(self, err: _ConfluentError | None, msg: Message) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def produce(
+        self, accepted: Sequence[Accepted], dead: Sequence[DeadLetter], stage: str = "ingest"
+    ) -> None:
+        """Queue every record (non-blocking unless the local queue is full)."""
+        now_ms = int(time.time() * 1000)
+        produce, callback = self._producer.produce, self._on_delivery
+        for item in accepted:
+            record = item.record
+            self._produce(
+                produce,
+                self._valid_topic(item.schema.event_type),
+                record.key,
+                record.value,
+                handoff_headers(item, now_ms),
+                callback,
+            )
+        worker_id = self._settings.worker_id
+        for letter in dead:
+            record = letter.record
+            self._produce(
+                produce,
+                self._dlq,
+                record.key,
+                record.value,
+                dead_letter_headers(letter, stage, worker_id, now_ms),
+                callback,
+            )
+
+    def _produce(self, produce, topic, key, value, headers, callback) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            try:
+                produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def flush(self, timeout: float = 120.0) -> None:
+        """Block until every queued record is acknowledged; DeliveryError if any failed."""
+        remaining = self._producer.flush(timeout)
+        failures, self._failures = self._failures, []
+        if remaining:
+            raise DeliveryError(
+                f"{remaining} hand-off records not acknowledged within {timeout}s by "
+                f"{self._settings.bootstrap_servers}; offsets not committed"
+            )
+        if failures:
+            raise DeliveryError(
+                f"{len(failures)} hand-off records failed: {'; '.join(failures[:5])}; "
+                "offsets not committed"
+            )
+
+    async def deliver(self, accepted: Sequence[Accepted], dead: Sequence[DeadLetter]) -> None:
+        """Produce and wait for acks without blocking the event loop."""
+        self.produce(accepted, dead)
+        await asyncio.to_thread(self.flush)

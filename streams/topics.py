@@ -1,0 +1,178 @@
+"""Topics as code: every topic streamscore uses, declared once, applied with the AdminClient.
+
+``apply_topics`` creates missing topics and reports drift between the declared and
+the actual configuration (partitions, replication, retention, cleanup policy). It
+never deletes or shrinks anything: drift is reported for an operator to decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
+
+from streams.errors import KafkaError
+from streams.settings import Settings
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A declared topic. ``name`` is without the settings' prefix."""
+
+    name: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: str = "delete"
+    description: str = ""
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def config(self) -> dict[str, str]:
+        return {
+            "retention.ms": str(self.retention_ms),
+            "cleanup.policy": self.cleanup_policy,
+            **dict(self.extra),
+        }
+
+
+# The declared topics. Valid events are handed off per event type.
+RAW = TopicSpec("events.raw", 6, 7 * DAY_MS, description="Raw events from producers (any type).")
+LABELS_RAW = TopicSpec("labels.raw", 3, 30 * DAY_MS, description="Raw late labels (chargebacks).")
+DLQ = TopicSpec(
+    "events.dlq",
+    3,
+    30 * DAY_MS,
+    description="Dead letters: original key/value/headers plus dlq.* headers saying why.",
+    extra=(("max.message.bytes", str(16 * 1024 * 1024)),),
+)
+PREDICTIONS = TopicSpec("predictions", 6, 7 * DAY_MS, description="One record per scored event.")
+REVIEW = TopicSpec("review", 3, 30 * DAY_MS, description="Low-confidence cases for humans.")
+
+
+def valid_spec(event_type: str) -> TopicSpec:
+    """The hand-off topic for one validated event type."""
+    partitions = 6 if event_type == "transaction" else 3
+    return TopicSpec(
+        f"events.valid.{event_type}",
+        partitions,
+        7 * DAY_MS,
+        description=f"Validated {event_type} events, original bytes, source offsets in headers.",
+    )
+
+
+def declared_topics(event_types: Iterable[str]) -> tuple[TopicSpec, ...]:
+    """Every topic for the given event types (from the schema registry)."""
+    return (RAW, LABELS_RAW, DLQ, PREDICTIONS, REVIEW, *(valid_spec(t) for t in sorted(event_types)))
+
+
+def topic_name(settings: Settings, spec: TopicSpec) -> str:
+    return settings.topic_prefix + spec.name
+
+
+def raw_topic(settings: Settings) -> str:
+    return topic_name(settings, RAW)
+
+
+def raw_topics(settings: Settings) -> tuple[str, ...]:
+    """Every topic the ingestion agent reads."""
+    return (topic_name(settings, RAW), topic_name(settings, LABELS_RAW))
+
+
+def dlq_topic(settings: Settings) -> str:
+    return topic_name(settings, DLQ)
+
+
+def valid_topic(settings: Settings, event_type: str) -> str:
+    return topic_name(settings, valid_spec(event_type))
+
+
+@dataclass(slots=True)
+class ApplyReport:
+    """What ``apply_topics`` did and what differs from the declaration."""
+
+    created: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+
+def _replication(settings: Settings, broker_count: int) -> int:
+    # A local single broker takes 1; a real cluster takes 3 (or all it has, if fewer).
+    return min(3, broker_count)
+
+
+def apply_topics(
+    settings: Settings,
+    specs: Sequence[TopicSpec],
+    admin: AdminClient,
+    timeout: float = 30.0,
+) -> ApplyReport:
+    """Create missing topics; compare existing ones with their declaration."""
+    report = ApplyReport()
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaError(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc.args[0]}"
+        ) from exc
+    replication = _replication(settings, len(metadata.brokers))
+    missing = [s for s in specs if topic_name(settings, s) not in metadata.topics]
+    if missing:
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    topic_name(settings, s),
+                    num_partitions=s.partitions,
+                    replication_factor=replication,
+                    config=s.config(),
+                )
+                for s in missing
+            ],
+            request_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+                report.created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].code() == exc.args[0].TOPIC_ALREADY_EXISTS:
+                    report.unchanged.append(name)  # created concurrently by another process
+                else:
+                    raise KafkaError(f"could not create topic {name}: {exc.args[0]}") from exc
+    present = [s for s in specs if topic_name(settings, s) in metadata.topics]
+    if not present:
+        return report
+    resources = [ConfigResource(ResourceType.TOPIC, topic_name(settings, s)) for s in present]
+    configs = admin.describe_configs(resources, request_timeout=timeout)
+    by_name = {r.name: f for r, f in configs.items()}
+    for spec in present:
+        name = topic_name(settings, spec)
+        actual_meta = metadata.topics[name]
+        problems: list[str] = []
+        partitions = len(actual_meta.partitions)
+        if partitions != spec.partitions:
+            problems.append(f"partitions {partitions} (declared {spec.partitions})")
+        replicas = {len(p.replicas) for p in actual_meta.partitions.values()}
+        if replicas and max(replicas) != replication:
+            problems.append(f"replication {max(replicas)} (expected {replication})")
+        actual = {k: v.value for k, v in by_name[name].result().items()}
+        for key, want in spec.config().items():
+            if actual.get(key) != want:
+                problems.append(f"{key}={actual.get(key)} (declared {want})")
+        if problems:
+            report.drift.append(f"{name}: " + ", ".join(problems))
+        else:
+            report.unchanged.append(name)
+    return report
+
