@@ -8,7 +8,7 @@ imports it lazily. Artifacts land in ``models/artifacts/`` and are served by
 
 from __future__ import annotations
 
-from models.synthetic import synthetic_feature_service, synthetic_training_table
+from models.synthetic import synthetic_feature_service, synthetic_training_table, train_synthetic
 from models.train import MODEL_KINDS, TrainConfig, TrainResult, next_version, train
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "synthetic_feature_service",
     "synthetic_training_table",
     "train",
+    "train_synthetic",
 ]

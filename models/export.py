@@ -98,6 +98,7 @@ def stamp(
     for key, value in props.items():
         entry = onx.metadata_props.add()
         entry.key, entry.value = f"{META_PREFIX}{key}", value
+    onx.graph.name = f"{name}-{version}"  # converters put a random uuid here
     onx.doc_string = f"streamscore fraud model {name}-{version} on {feature_service}"
     onnx.checker.check_model(onx, full_check=True)
     return bytes(onx.SerializeToString(deterministic=True))

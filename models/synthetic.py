@@ -9,11 +9,16 @@ something to learn.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from streams.features.spec import FeatureServiceSpec, FeatureSpec
+
+if TYPE_CHECKING:
+    from models.train import TrainResult
 
 _GROUPS = ("account", "card", "merchant", "event")
 
@@ -65,3 +70,22 @@ def synthetic_training_table(
     for j, feature in enumerate(spec.features):
         columns[feature.name] = pa.array(x[:, j], pa.float32(), mask=missing[:, j])
     return pa.table(columns)
+
+
+def train_synthetic(
+    out_dir: Path,
+    kind: str = "lightgbm",
+    *,
+    spec: FeatureServiceSpec | None = None,
+    rows: int = 5000,
+    n_features: int = 20,
+    version: str = "1",
+    seed: int = 0,
+    **config: Any,
+) -> TrainResult:
+    """Train one artifact on synthetic data (tests, benchmarks); ``config`` goes to TrainConfig."""
+    from models.train import TrainConfig, train
+
+    spec = spec or synthetic_feature_service(n_features)
+    table = synthetic_training_table(spec, rows, seed=seed)
+    return train(spec, table, out_dir, TrainConfig(kind=kind, version=version, **config))  # type: ignore[arg-type]

@@ -72,6 +72,7 @@ class TrainResult:
     card_path: Path
     metadata: ModelMetadata
     parity_max_abs_diff: float
+    model: Any  # the fitted native model (LGBMClassifier or sklearn Pipeline)
 
 
 def next_version(out_dir: Path, name: str) -> str:
@@ -248,7 +249,7 @@ def train(
     meta.write(sidecar_path(onnx_path))
     card = onnx_path.with_suffix(".md")
     card.write_text(model_card(meta))
-    return TrainResult(onnx_path, sidecar_path(onnx_path), card, meta, parity)
+    return TrainResult(onnx_path, sidecar_path(onnx_path), card, meta, parity, model)
 
 
 def _params(config: TrainConfig, model: Any) -> dict[str, Any]:
