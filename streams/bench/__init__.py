@@ -1,0 +1,1 @@
+"""Benchmarks: each measures one stage and returns numbers to print."""
