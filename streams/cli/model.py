@@ -1,0 +1,256 @@
+"""``streamscore model``: train, list, verify, promote, roll back and retire models."""
+
+from __future__ import annotations
+
+import importlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from streams.errors import ModelError, StreamscoreError
+from streams.features.spec import FeatureServiceSpec
+from streams.settings import Settings
+
+
+def _feature_function(module: str, name: str, purpose: str) -> Any:
+    """A function from the feature side (another team's module), or a clear error."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module.startswith(exc.name):
+            raise
+    except AttributeError:
+        pass
+    raise click.ClickException(
+        f"{module}.{name} is not available in this build, so {purpose} is not possible yet "
+        f"(it comes with the Feast/dbt feature work)"
+    )
+
+
+def _spec_or_none(settings: Settings, console: Console) -> FeatureServiceSpec | None:
+    try:
+        load = _feature_function(
+            "streams.features.registry", "load_feature_service", "checking feature order"
+        )
+    except click.ClickException as exc:
+        console.print(f"[yellow]warning:[/] {exc.message}; checked sha256 and ONNX metadata only")
+        return None
+    spec: FeatureServiceSpec = load(settings, settings.feature_service)
+    return spec
+
+
+def _registry_file(settings: Settings) -> Path:
+    from streams.scoring.registry import registry_path
+
+    return registry_path(settings.models_dir)
+
+
+@click.group()
+def model() -> None:
+    """Train, list, verify, promote and roll back models (models/registry.yaml)."""
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@model.command()
+@click.option("--feature-service", default=None, help="Default: STREAMSCORE_FEATURE_SERVICE.")
+@click.option("--start", default=None, help="ISO date/time (UTC); default: 90 days before --end.")
+@click.option("--end", default=None, help="ISO date/time (UTC); default: now.")
+@click.option("--kind", type=click.Choice(["lightgbm", "mlp"]), default="lightgbm")
+@click.option("--name", default=None, help="Default: fraud_<kind>.")
+@click.option("--version", "version", default=None, help="Default: the next integer.")
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option("--threads", default=1, show_default=True, type=int)
+@click.pass_obj
+def train(
+    settings: Settings,
+    feature_service: str | None,
+    start: str | None,
+    end: str | None,
+    kind: str,
+    name: str | None,
+    version: str | None,
+    seed: int,
+    threads: int,
+) -> None:
+    """Train a model on the point-in-time training set and write an ONNX artifact."""
+    from datetime import timedelta
+
+    from streams.scoring.training import import_training_package
+
+    models = import_training_package(settings.models_dir)
+    load_service = _feature_function(
+        "streams.features.registry", "load_feature_service", "training"
+    )
+    build = _feature_function("streams.features.training", "build_training_set", "training")
+    end_at = _parse_time(end) or datetime.now(UTC)
+    start_at = _parse_time(start) or end_at - timedelta(days=90)
+    service = feature_service or settings.feature_service
+    # build_training_set follows settings.feature_service: point it at the requested one.
+    settings = settings.model_copy(update={"feature_service": service})
+    spec: FeatureServiceSpec = load_service(settings, service)
+    table = build(settings, start_at, end_at)
+    out_dir = settings.models_dir / "artifacts"
+    model_name = name or f"fraud_{kind}"
+    config = models.TrainConfig(
+        kind=kind,
+        name=model_name,
+        version=version or models.next_version(out_dir, model_name),
+        seed=seed,
+        threads=threads,
+    )
+    result = models.train(spec, table, out_dir, config)
+    meta = result.metadata
+    click.echo(f"wrote {result.onnx_path} (+ .json sidecar, .md model card)")
+    for key in ("roc_auc", "pr_auc", "recall_at_1pct_fpr", "onnx_parity_max_abs_diff"):
+        if key in meta.metrics:
+            click.echo(f"  {key}: {meta.metrics[key]:.4g}")
+    click.echo(f"promote with: streamscore model promote {meta.model_id}")
+
+
+@model.command("list")
+@click.pass_obj
+def list_(settings: Settings) -> None:
+    """Artifacts in models/artifacts with their role in the registry."""
+    from streams.scoring.metadata import ModelMetadata
+    from streams.scoring.registry import load_registry
+
+    config = load_registry(_registry_file(settings))
+    roles = {
+        c.model: f"{c.role}" + (f" {c.share:.0%}" if c.role == "canary" else "")
+        for c in config.challengers
+    }
+    if config.champion:
+        roles[config.champion] = "champion"
+    table = Table("model", "role", "kind", "features", "ROC AUC", "recall@1%FPR", "data to")
+    seen = set()
+    for sidecar in sorted((settings.models_dir / "artifacts").glob("*.json")):
+        try:
+            meta = ModelMetadata.read(sidecar)
+        except ModelError as exc:
+            table.add_row(sidecar.stem, roles.get(sidecar.stem, ""), f"[red]{exc}[/]")
+            continue
+        seen.add(meta.model_id)
+        m = meta.metrics
+        table.add_row(
+            meta.model_id,
+            roles.get(meta.model_id, ""),
+            meta.kind,
+            meta.feature_service,
+            f"{m['roc_auc']:.4f}" if "roc_auc" in m else "",
+            f"{m['recall_at_1pct_fpr']:.3f}" if "recall_at_1pct_fpr" in m else "",
+            str(meta.training_data.get("end", "?"))[:10],
+        )
+    for missing in sorted(set(roles) - seen):
+        table.add_row(missing, roles[missing], "[red]artifact missing[/]")
+    console = Console()
+    console.print(table)
+    if config.champion is None:
+        console.print("no champion yet")
+
+
+def _check_artifact(settings: Settings, model_id: str, console: Console) -> None:
+    from streams.scoring.artifact import load_artifact
+    from streams.scoring.registry import artifact_path
+
+    load_artifact(artifact_path(settings.models_dir, model_id), _spec_or_none(settings, console))
+
+
+@model.command()
+@click.argument("model_id")
+@click.option("--shadow", is_flag=True, help="Add as shadow: scores every event, logged only.")
+@click.option(
+    "--canary",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=None,
+    help="Add as canary deciding this share of events (0-1].",
+)
+@click.pass_obj
+def promote(settings: Settings, model_id: str, shadow: bool, canary: float | None) -> None:
+    """Make MODEL_ID champion (or a shadow/canary challenger) after checking its artifact."""
+    from streams.scoring.registry import edit_registry
+    from streams.scoring.registry import promote as promote_in
+
+    if shadow and canary is not None:
+        raise click.UsageError("--shadow and --canary are exclusive")
+    console = Console()
+    _check_artifact(settings, model_id, console)
+    role = "shadow" if shadow else "canary" if canary is not None else "champion"
+    with edit_registry(_registry_file(settings)) as box:
+        before = box[0].champion
+        box[0] = promote_in(box[0], model_id, role=role, share=canary or 0.0)  # type: ignore[arg-type]
+    if role == "champion":
+        console.print(f"champion: {before or '(none)'} → {model_id}")
+    else:
+        console.print(f"{model_id} added as {role}" + (f" ({canary:.0%})" if canary else ""))
+
+
+@model.command()
+@click.pass_obj
+def rollback(settings: Settings) -> None:
+    """Restore the previous champion from the registry history."""
+    from streams.scoring.registry import edit_registry
+    from streams.scoring.registry import rollback as rollback_in
+
+    console = Console()
+    with edit_registry(_registry_file(settings)) as box:
+        before = box[0].champion
+        after = rollback_in(box[0])
+        # Refuse to roll back onto an artifact that no longer loads.
+        _check_artifact(settings, str(after.champion), console)
+        box[0] = after
+    console.print(f"champion: {before} → {after.champion}")
+
+
+@model.command()
+@click.argument("model_id")
+@click.pass_obj
+def retire(settings: Settings, model_id: str) -> None:
+    """Remove a shadow or canary challenger."""
+    from streams.scoring.registry import edit_registry
+    from streams.scoring.registry import retire as retire_in
+
+    with edit_registry(_registry_file(settings)) as box:
+        box[0] = retire_in(box[0], model_id)
+    click.echo(f"retired {model_id}")
+
+
+@model.command()
+@click.pass_obj
+def verify(settings: Settings) -> None:
+    """Load every registered model as the worker would: sha256, features, session, warm-up."""
+    from streams.scoring.registry import artifact_path, load_registry
+    from streams.scoring.scorer import Scorer
+
+    console = Console()
+    config = load_registry(_registry_file(settings))
+    if config.champion is None:
+        console.print(f"no champion yet in {_registry_file(settings)}")
+        return
+    spec = _spec_or_none(settings, console)
+    failures = 0
+    roles = {config.champion: "champion", **{c.model: c.role for c in config.challengers}}
+    for model_id, role in roles.items():
+        try:
+            scorer = Scorer.load(
+                artifact_path(settings.models_dir, model_id),
+                spec,
+                providers=settings.providers,
+                intra_op_threads=settings.intra_op_threads,
+            )
+        except StreamscoreError as exc:
+            failures += 1
+            console.print(f"[red]FAIL[/] {model_id} ({role}): {exc}")
+            continue
+        console.print(f"[green]ok[/] {model_id} ({role}) on {scorer.provider}")
+    if failures:
+        raise ModelError(f"{failures} of {len(roles)} registered models failed to load")
