@@ -41,7 +41,8 @@ windowed as (
     -- a card's features look back 30 days, strictly before D
     select
         feature_dates.feature_date,
-        transactions.*
+        transactions.*,
+        {{ amount_cents('transactions.amount') }} as amount_cents
     from feature_dates
     inner join transactions
         on transactions.event_time < feature_dates.feature_date
@@ -56,9 +57,9 @@ aggregated as (
         feature_date,
         {%- for w in windows %}
         count(*) filter (where {{ in_window(w) }}) as txn_count_{{ w }}d,
-        coalesce(sum(amount) filter (where {{ in_window(w) }}), 0) as amount_sum_{{ w }}d,
-        coalesce(avg(amount) filter (where {{ in_window(w) }}), 0) as amount_mean_{{ w }}d,
-        coalesce(stddev_pop(amount) filter (where {{ in_window(w) }}), 0) as amount_std_{{ w }}d,
+        {{ amount_sum(w) }} as amount_sum_{{ w }}d,
+        {{ amount_mean(w) }} as amount_mean_{{ w }}d,
+        {{ amount_std(w) }} as amount_std_{{ w }}d,
         coalesce(max(amount) filter (where {{ in_window(w) }}), 0) as amount_max_{{ w }}d,
         count(distinct merchant_id) filter (where {{ in_window(w) }}) as distinct_merchants_{{ w }}d,
         count(distinct merchant_country) filter (where {{ in_window(w) }}) as distinct_countries_{{ w }}d,

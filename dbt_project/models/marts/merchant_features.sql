@@ -55,6 +55,7 @@ windowed as (
     select
         feature_dates.feature_date,
         transactions.*,
+        {{ amount_cents('transactions.amount') }} as amount_cents,
         coalesce(fraud_known.known_at < feature_dates.feature_date, false) as is_known_fraud
     from feature_dates
     inner join transactions
@@ -86,9 +87,9 @@ aggregated as (
         feature_date,
         {%- for w in windows %}
         count(*) filter (where {{ in_window(w) }}) as txn_count_{{ w }}d,
-        coalesce(sum(amount) filter (where {{ in_window(w) }}), 0) as amount_sum_{{ w }}d,
-        coalesce(avg(amount) filter (where {{ in_window(w) }}), 0) as amount_mean_{{ w }}d,
-        coalesce(stddev_pop(amount) filter (where {{ in_window(w) }}), 0) as amount_std_{{ w }}d,
+        {{ amount_sum(w) }} as amount_sum_{{ w }}d,
+        {{ amount_mean(w) }} as amount_mean_{{ w }}d,
+        {{ amount_std(w) }} as amount_std_{{ w }}d,
         coalesce(max(amount) filter (where {{ in_window(w) }}), 0) as amount_max_{{ w }}d,
         count(distinct account_id) filter (where {{ in_window(w) }}) as distinct_accounts_{{ w }}d,
         coalesce(avg(is_foreign::double) filter (where {{ in_window(w) }}), 0) as foreign_ratio_{{ w }}d,

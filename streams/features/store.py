@@ -1,0 +1,131 @@
+"""Feast wiring: the repo's definitions and a FeatureStore configured from Settings.
+
+The definitions in ``features/`` are plain Feast objects; the store's config (registry,
+online store, repo path) is built here from Settings instead of ``feature_store.yaml``,
+so each ``STREAMSCORE_HOME`` has its own registry and online store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from streams.errors import ConfigError
+from streams.features.paths import feast_dir
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from streams.settings import Settings
+
+PROJECT = "streamscore"
+REPO_MODULES = ("entities", "data_sources", "feature_views", "feature_services")
+
+
+@dataclass(frozen=True, slots=True)
+class FeastDefinitions:
+    """Every Feast object the repo declares."""
+
+    entities: tuple[Any, ...]
+    data_sources: tuple[Any, ...]
+    feature_views: tuple[Any, ...]
+    feature_services: tuple[Any, ...]
+
+    @property
+    def objects(self) -> list[Any]:
+        return [*self.entities, *self.data_sources, *self.feature_views, *self.feature_services]
+
+    def feature_service(self, name: str) -> Any:
+        for service in self.feature_services:
+            if service.name == name:
+                return service
+        known = ", ".join(sorted(s.name for s in self.feature_services))
+        raise ConfigError(f"no feature service {name!r} in the Feast repo (known: {known})")
+
+    def feature_view(self, name: str) -> Any:
+        for view in self.feature_views:
+            if view.name == name:
+                return view
+        raise ConfigError(f"no feature view {name!r} in the Feast repo")
+
+
+_loaded: dict[Path, FeastDefinitions] = {}
+
+
+def load_definitions(repo_dir: Path) -> FeastDefinitions:
+    """Import the Feast repo's modules (as ``feast apply`` does) and collect their objects."""
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+
+    repo_dir = Path(repo_dir).resolve()
+    if repo_dir in _loaded:
+        return _loaded[repo_dir]
+    if not (repo_dir / "feature_services.py").is_file():
+        raise ConfigError(f"no Feast repo at {repo_dir} (STREAMSCORE_FEATURE_REPO_DIR)")
+    # The repo's modules import each other by bare name, as under the feast CLI.
+    if str(repo_dir) not in sys.path:
+        sys.path.insert(0, str(repo_dir))
+    found: dict[type, list[Any]] = {Entity: [], DataSource: [], FeatureView: [], FeatureService: []}
+    for name in REPO_MODULES:
+        module = importlib.import_module(name)
+        origin = Path(getattr(module, "__file__", "") or "").resolve()
+        if origin.parent != repo_dir:
+            raise ConfigError(
+                f"module {name!r} resolved to {origin}, not the Feast repo {repo_dir}; "
+                "another module on sys.path shadows it"
+            )
+        for value in vars(module).values():
+            for kind, bucket in found.items():
+                if isinstance(value, kind) and not any(value is seen for seen in bucket):
+                    bucket.append(value)
+    definitions = FeastDefinitions(
+        entities=tuple(found[Entity]),
+        data_sources=tuple(found[DataSource]),
+        feature_views=tuple(found[FeatureView]),
+        feature_services=tuple(found[FeatureService]),
+    )
+    _loaded[repo_dir] = definitions
+    return definitions
+
+
+def repo_config(settings: Settings) -> Any:
+    """Feast's RepoConfig for this home: file offline store, SQLite or Redis online store."""
+    from feast.repo_config import RepoConfig
+
+    root = feast_dir(settings)
+    online: dict[str, Any]
+    if settings.online_store == "sqlite":
+        online = {"type": "sqlite", "path": str(root / "online.db")}
+    elif settings.online_store == "redis":
+        url = urlparse(settings.redis_url)
+        database = url.path.strip("/") or "0"
+        online = {
+            "type": "redis",
+            "connection_string": f"{url.hostname or '127.0.0.1'}:{url.port or 6379},db={database}",
+        }
+    else:
+        raise ConfigError(
+            f"STREAMSCORE_ONLINE_STORE={settings.online_store!r}: use 'sqlite' or 'redis'"
+        )
+    return RepoConfig(
+        project=PROJECT,
+        provider="local",
+        registry={"path": str(root / "registry.db"), "cache_ttl_seconds": 60},
+        online_store=online,
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+        repo_path=root,
+    )
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore over this home's registry and online store."""
+    from feast import FeatureStore
+
+    root = feast_dir(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(root), config=repo_config(settings))

@@ -1,0 +1,258 @@
+"""The nightly feature run: dbt build (with tests) → export → feast apply → materialise → record.
+
+``run_nightly(settings, date)`` is what ``streamscore nightly`` and the worker's crontab
+call. A failing dbt test stops the run before anything is exported or materialised; every
+run, good or bad, is recorded in ClickHouse ``feature_runs``, and workers swap to the
+features of the newest successful run (``OnlineFeatures.refresh_if_newer``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from streams.errors import FeatureError, StreamscoreError
+from streams.features.paths import dbt_state_dir, duckdb_path, export_path
+from streams.features.runs import NightlyRun, record_run
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+    from streams.features.registry import ServiceLayout
+    from streams.settings import Settings
+
+__all__ = ["NightlyRun", "dbt_environment", "run_nightly"]
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def dbt_environment(settings: Settings) -> dict[str, str]:
+    """The environment dbt runs in: profiles.yml reads these (and only these) paths."""
+    env = dict(os.environ)  # PATH, HOME, locale; dbt itself needs them
+    env.update(
+        STREAMSCORE_HOME=str(settings.home),
+        STREAMSCORE_LAKE_DIR=settings.lake_url,
+        STREAMSCORE_DUCKDB_PATH=str(duckdb_path(settings)),
+        DBT_SEND_ANONYMOUS_USAGE_STATS="false",
+        DBT_USE_COLORS="false",
+    )
+    return env
+
+
+def run_nightly(
+    settings: Settings,
+    nightly_date: date | None = None,
+    *,
+    start_date: date | None = None,
+    client: Client | None = None,
+    progress: Progress = _quiet,
+) -> NightlyRun:
+    """Build features as of ``nightly_date`` (default: today, UTC) and make them live.
+
+    ``start_date`` backfills the marts for every date from it to ``nightly_date``; only
+    ``nightly_date`` is materialised online. Rerunning a date gives the same features.
+    Raises FeatureError (after recording the failed run) when any step fails.
+    """
+    from streams.clickhouse import apply_migrations, connect
+    from streams.features.registry import load_service_layout
+
+    end = nightly_date or datetime.now(UTC).date()
+    start = start_date or end
+    if start > end:
+        raise FeatureError(f"backfill start {start} is after the nightly date {end}")
+    run_id = uuid.uuid4().hex
+    started = datetime.now(UTC)
+    durations: dict[str, float] = {}
+    rows: dict[str, int] = {}
+
+    @contextmanager
+    def step(name: str) -> Iterator[None]:
+        progress(f"{name} …")
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            durations[name] = round(time.perf_counter() - began, 3)
+
+    owns_client = client is None
+    ch = client if client is not None else connect(settings)
+    try:
+        apply_migrations(ch, settings.clickhouse_database)
+        try:
+            layout = load_service_layout(settings, settings.feature_service)
+            with step("dbt_build"):
+                _dbt_build(settings, start, end, progress)
+            with step("export"):
+                rows.update(_export(settings, layout, start, end))
+            with step("feast_apply"):
+                store = _feast_apply(settings)
+            with step("materialize"):
+                _materialize(store, layout, end)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, StreamscoreError) else f"{type(exc).__name__}: {exc}"
+            failed = NightlyRun(
+                run_id, end, settings.feature_service, "failed", started,
+                datetime.now(UTC), rows, durations, message,
+            )  # fmt: skip
+            record_run(ch, settings.clickhouse_database, failed)
+            if isinstance(exc, FeatureError):
+                raise FeatureError(f"{exc} (run {run_id} recorded as failed in feature_runs)") from exc
+            raise FeatureError(
+                f"nightly run {run_id} for {end} failed: {message} "
+                "(recorded as failed in feature_runs)"
+            ) from exc
+        durations["total"] = round((datetime.now(UTC) - started).total_seconds(), 3)
+        run = NightlyRun(
+            run_id, end, settings.feature_service, "success", started,
+            datetime.now(UTC), rows, durations,
+        )  # fmt: skip
+        record_run(ch, settings.clickhouse_database, run)
+        progress(f"recorded run {run_id}")
+        return run
+    finally:
+        if owns_client:
+            ch.close()
+
+
+def _dbt_executable() -> str:
+    beside = Path(sys.executable).with_name("dbt")
+    found = str(beside) if beside.is_file() else shutil.which("dbt")
+    if found is None:
+        raise FeatureError("dbt is not installed next to this Python nor on PATH")
+    return found
+
+
+def _dbt_build(settings: Settings, start: date, end: date, progress: Progress) -> None:
+    state = dbt_state_dir(settings)
+    target = state / "target"
+    settings.home.mkdir(parents=True, exist_ok=True)
+    results = target / "run_results.json"
+    results.unlink(missing_ok=True)
+    variables = {"nightly_date": end.isoformat(), "start_date": start.isoformat(), "end_date": end.isoformat()}
+    command = [
+        _dbt_executable(), "build",
+        "--project-dir", str(settings.dbt_project_dir),
+        "--profiles-dir", str(settings.dbt_project_dir),
+        "--target-path", str(target),
+        "--log-path", str(state / "logs"),
+        "--vars", json.dumps(variables),
+        # unit tests check SQL logic, not data: CI runs them (dbt test --select test_type:unit)
+        "--exclude-resource-type", "unit_test",
+    ]  # fmt: skip
+    lines: list[str] = []
+    with subprocess.Popen(
+        command,
+        env=dbt_environment(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        assert process.stdout is not None  # noqa: S101 - set by stdout=PIPE
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            progress(line.strip())
+    if process.returncode == 0:
+        return
+    failures = _dbt_failures(results)
+    where = f"dbt log: {state / 'logs' / 'dbt.log'}"
+    if failures:
+        raise FeatureError(
+            f"dbt build for {end} failed: {'; '.join(failures)}; nothing was materialised ({where})"
+        )
+    tail = "\n".join(lines[-15:])
+    raise FeatureError(f"dbt build for {end} failed (exit {process.returncode}); nothing was materialised ({where}):\n{tail}")
+
+
+def _dbt_failures(results: Path) -> list[str]:
+    """``test <name> failed (N rows)`` / ``model <name> error: …`` from run_results.json."""
+    if not results.is_file():
+        return []
+    document = json.loads(results.read_text(encoding="utf-8"))
+    failures: list[str] = []
+    for result in document.get("results", []):
+        status = result.get("status")
+        if status not in ("fail", "error"):
+            continue
+        kind, _, name = str(result.get("unique_id", "?")).partition(".")
+        name = name.split(".", 1)[-1].rsplit(".", 1)[0] if kind == "test" else name.split(".", 1)[-1]
+        if status == "fail":
+            failures.append(f"{kind} {name} failed ({result.get('failures')} failing rows)")
+        else:
+            failures.append(f"{kind} {name} error: {(result.get('message') or '').strip()[:300]}")
+    return failures
+
+
+def _export(settings: Settings, layout: ServiceLayout, start: date, end: date) -> dict[str, int]:
+    """Write each view's rows per feature date to Parquet for Feast; return rows at ``end``."""
+    import duckdb
+
+    rows: dict[str, int] = {}
+    con = duckdb.connect(str(duckdb_path(settings)), read_only=True)
+    try:
+        con.execute("set TimeZone = 'UTC'")
+        day = start
+        while day <= end:
+            for view in layout.views:
+                target = export_path(settings, view.model, day)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_suffix(".parquet.partial")
+                columns = ", ".join(f'"{c}"' for c in view.columns)
+                con.execute(
+                    f"copy (select {view.join_key}, "
+                    "cast(cast(feature_date as timestamp) as timestamptz) as event_timestamp, "
+                    f"{columns} from {view.model} where feature_date = date '{day.isoformat()}' "
+                    f"order by {view.join_key}) "
+                    f"to '{_sql_string(partial)}' (format parquet, compression zstd)"
+                )
+                partial.replace(target)  # atomic: readers see the old file or the new one
+                if day == end:
+                    count = con.execute(
+                        f"select count(*) from {view.model} where feature_date = ?", [day]
+                    ).fetchone()
+                    rows[view.name] = int(count[0]) if count else 0
+            day += timedelta(days=1)
+    finally:
+        con.close()
+    if rows and all(n == 0 for n in rows.values()):
+        raise FeatureError(
+            f"no features for {end}: the lake at {settings.lake_url} has no transactions in the "
+            "look-back window before that date"
+        )
+    return rows
+
+
+def _sql_string(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _feast_apply(settings: Settings) -> object:
+    from streams.features.store import feature_store, load_definitions
+
+    store = feature_store(settings)
+    store.apply(load_definitions(settings.feature_repo_dir).objects)
+    return store
+
+
+def _materialize(store: object, layout: ServiceLayout, day: date) -> None:
+    # Feature rows are stamped at midnight of their feature date: a window around it holds
+    # exactly the rows of ``day``.
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    store.materialize(  # type: ignore[attr-defined]
+        start_date=midnight - timedelta(hours=12),
+        end_date=midnight + timedelta(hours=12),
+        feature_views=[view.name for view in layout.views],
+    )
