@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from streams.errors import ModelError, StreamscoreError
 from streams.features.spec import FeatureServiceSpec
@@ -131,7 +131,16 @@ def list_(settings: Settings) -> None:
     }
     if config.champion:
         roles[config.champion] = "champion"
-    table = Table("model", "role", "kind", "features", "ROC AUC", "recall@1%FPR", "data to")
+    # Ids and roles are what people copy into `promote`: never truncate them.
+    table = Table(
+        Column("model", no_wrap=True),
+        Column("role", no_wrap=True),
+        "kind",
+        "features",
+        "ROC AUC",
+        "recall@1%FPR",
+        "data to",
+    )
     seen = set()
     for sidecar in sorted((settings.models_dir / "artifacts").glob("*.json")):
         try:
