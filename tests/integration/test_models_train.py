@@ -36,7 +36,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
     root = tmp_path_factory.mktemp("models-it")
     lake = root / "lake"
-    write_history(str(lake), END, days=100, accounts=300, seed=5, fraud_rate=0.05)
+    write_history(str(lake), END, days=100, accounts=1500, seed=5, fraud_rate=0.1)
     settings = Settings(
         home=root / "home",
         lake_dir=str(lake),
