@@ -11,6 +11,10 @@ from pathlib import Path
 
 from streams.errors import InfraError
 
+# Children this process started and has not reaped yet. Holding the Popen objects keeps
+# Python from warning that a detached service "is still running" when one is collected.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
 
 def read_pid(pid_file: Path, marker: str) -> int | None:
     """The pid in ``pid_file`` if that process is alive and its command line holds ``marker``."""
@@ -45,6 +49,7 @@ def start_detached(
             )
         except OSError as exc:
             raise InfraError(f"could not start {argv[0]}: {exc}") from exc
+    _CHILDREN[process.pid] = process
     pid_file.write_text(f"{process.pid}\n")
     return process.pid
 
@@ -85,6 +90,11 @@ def stop(pid: int, timeout: float = 30.0) -> bool:
 
 
 def _reap(pid: int) -> None:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

@@ -1,0 +1,92 @@
+"""The local broker lifecycle, through the project's own code and CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.infra.kafka import LocalKafka
+from streams.kafka import make_admin
+from streams.settings import Settings
+from streams.topics import apply_topics, declared_topics, topic_name
+
+from .conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(home: Path, port: int, controller: int, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, STREAMSCORE_HOME=str(home), STREAMSCORE_KAFKA_PORT=str(port),
+               STREAMSCORE_KAFKA_CONTROLLER_PORT=str(controller))  # fmt: skip
+    env.pop("STREAMSCORE_KAFKA_BOOTSTRAP", None)
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", *args],
+        env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+
+
+def test_up_is_idempotent_status_and_down(tmp_path: Path) -> None:
+    port, controller = free_port(), free_port()
+    first = _cli(tmp_path, port, controller, "infra", "up")
+    assert first.returncode == 0, first.stderr
+    try:
+        assert "started" in first.stdout
+        pid = LocalKafka(Settings(home=tmp_path, kafka_port=port, kafka_controller_port=controller)).pid()
+        assert pid is not None
+        second = _cli(tmp_path, port, controller, "infra", "up")
+        assert second.returncode == 0 and "already running" in second.stdout
+        assert f"pid {pid}" in second.stdout  # the same broker, not a second one
+        applied = _cli(tmp_path, port, controller, "topics", "apply")
+        assert applied.returncode == 0 and "created   streamscore.events.raw" in applied.stdout
+        status = _cli(tmp_path, port, controller, "infra", "status")
+        assert status.returncode == 0
+        assert "running" in status.stdout and "streamscore.events.dlq" in status.stdout
+    finally:
+        down = _cli(tmp_path, port, controller, "infra", "down")
+    assert down.returncode == 0 and "kafka stopped" in down.stdout
+    again = _cli(tmp_path, port, controller, "infra", "down")
+    assert again.returncode == 0 and "not running" in again.stdout
+    status = _cli(tmp_path, port, controller, "infra", "status")
+    assert status.returncode == 1 and "not running" in status.stdout
+
+
+def test_external_bootstrap_never_starts_a_broker(tmp_path: Path) -> None:
+    env = dict(os.environ, STREAMSCORE_HOME=str(tmp_path), STREAMSCORE_KAFKA_BOOTSTRAP="127.0.0.1:9")
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", "infra", "up"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert "external Kafka" in result.stdout
+    assert not (tmp_path / "kafka").exists()
+
+
+def test_topics_apply_creates_then_reports_drift(settings: Settings) -> None:
+    specs = declared_topics(["transaction", "label"])
+    admin = make_admin(settings)
+    first = apply_topics(settings, specs, admin)
+    assert len(first.created) == len(specs) and first.ok
+    second = apply_topics(settings, specs, admin)
+    assert second.created == [] and len(second.unchanged) == len(specs)
+    # Someone changes retention by hand: apply reports it and does not silently "fix" it.
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    raw = topic_name(settings, specs[0])
+    resource = ConfigResource(
+        ResourceType.TOPIC, raw,
+        incremental_configs=[ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)],
+    )  # fmt: skip
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result()
+    deadline = time.monotonic() + 15  # config changes propagate through KRaft metadata
+    third = apply_topics(settings, specs, admin)
+    while third.ok and time.monotonic() < deadline:
+        time.sleep(0.5)
+        third = apply_topics(settings, specs, admin)
+    assert not third.ok
+    assert any(raw in line and "retention.ms=1000" in line for line in third.drift)

@@ -1,0 +1,56 @@
+"""Hand-off headers: source coordinates on valid events, the full story on dead letters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from streams.headers import SCHEMA_ID
+from streams.ingest import Accepted, DeadLetter, Limits, RawRecord, ingest_record
+from streams.schemas import SchemaRegistry
+from streams.schemas.registry import load_examples
+from streams.sinks.handoff import dead_letter_headers, handoff_headers
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
+LIMITS = Limits(256 * 1024, 32)
+
+
+def test_valid_handoff_carries_schema_and_source(registry: SchemaRegistry) -> None:
+    raw = load_examples(EXAMPLES, "transaction", "valid")["pos_contactless"]
+    rec = RawRecord("t.raw", 4, 1234, 1_700_000_000_123, b"acc", raw, [("trace", b"x")])
+    result = ingest_record(rec, registry, LIMITS)
+    assert isinstance(result, Accepted)
+    headers = dict(handoff_headers(result, now_ms=42))
+    assert headers["trace"] == b"x"
+    assert headers[SCHEMA_ID].endswith(b"transaction.v1.json")
+    assert headers["event-type"] == b"transaction"
+    assert (headers["source-topic"], headers["source-partition"], headers["source-offset"]) == (
+        b"t.raw", b"4", b"1234",
+    )  # fmt: skip
+    assert headers["source-timestamp"] == b"1700000000123"
+    assert headers["ingested-at"] == b"42"
+
+
+def test_dead_letter_headers_say_why_and_keep_originals(registry: SchemaRegistry) -> None:
+    raw = load_examples(EXAMPLES, "transaction", "invalid")["several_violations"]
+    original = [("trace", b"abc"), ("dlq.error.class", b"stale-from-an-earlier-pass")]
+    rec = RawRecord("t.raw", 2, 77, 1_700_000_000_000, b"acc", raw, original)
+    result = ingest_record(rec, registry, LIMITS)
+    assert isinstance(result, DeadLetter)
+    headers = dead_letter_headers(result, "ingest", "worker-1", now_ms=99)
+    names = [k for k, _ in headers]
+    assert names.count("dlq.error.class") == 1  # the stale one was dropped
+    values = dict(headers)
+    assert values["trace"] == b"abc"
+    assert values["dlq.source.topic"] == b"t.raw"
+    assert values["dlq.source.partition"] == b"2"
+    assert values["dlq.source.offset"] == b"77"
+    assert values["dlq.source.timestamp"] == b"1700000000000"
+    assert values["dlq.stage"] == b"ingest"
+    assert values["dlq.error.class"] == b"schema_violation"
+    assert orjson.loads(values["dlq.error.paths"]) == ["$.amount", "$.currency", "$.mcc"]
+    assert values["dlq.schema.id"].endswith(b"transaction.v1.json")
+    assert values["dlq.worker.id"] == b"worker-1"
+    assert values["dlq.time"] == b"99"
+    assert b"$.currency" in values["dlq.error.message"]
