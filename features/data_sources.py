@@ -14,6 +14,7 @@ from feast import FileSource
 from feast.data_format import ParquetFormat
 
 from streams.features.dbt_meta import load_marts
+
 # The dbt project next to this repo holds the marts' metadata (one source of truth).
 DBT_PROJECT = Path(__file__).resolve().parent.parent / "dbt_project"
 MARTS = load_marts(DBT_PROJECT)

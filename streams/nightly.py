@@ -103,14 +103,18 @@ def run_nightly(
             with step("materialize"):
                 _materialize(store, layout, end)
         except Exception as exc:
-            message = str(exc) if isinstance(exc, StreamscoreError) else f"{type(exc).__name__}: {exc}"
+            message = (
+                str(exc) if isinstance(exc, StreamscoreError) else f"{type(exc).__name__}: {exc}"
+            )
             failed = NightlyRun(
                 run_id, end, settings.feature_service, "failed", started,
                 datetime.now(UTC), rows, durations, message,
             )  # fmt: skip
             record_run(ch, settings.clickhouse_database, failed)
             if isinstance(exc, FeatureError):
-                raise FeatureError(f"{exc} (run {run_id} recorded as failed in feature_runs)") from exc
+                raise FeatureError(
+                    f"{exc} (run {run_id} recorded as failed in feature_runs)"
+                ) from exc
             raise FeatureError(
                 f"nightly run {run_id} for {end} failed: {message} "
                 "(recorded as failed in feature_runs)"
@@ -142,7 +146,11 @@ def _dbt_build(settings: Settings, start: date, end: date, progress: Progress) -
     settings.home.mkdir(parents=True, exist_ok=True)
     results = target / "run_results.json"
     results.unlink(missing_ok=True)
-    variables = {"nightly_date": end.isoformat(), "start_date": start.isoformat(), "end_date": end.isoformat()}
+    variables = {
+        "nightly_date": end.isoformat(),
+        "start_date": start.isoformat(),
+        "end_date": end.isoformat(),
+    }
     command = [
         _dbt_executable(), "build",
         "--project-dir", str(settings.dbt_project_dir),
@@ -161,7 +169,7 @@ def _dbt_build(settings: Settings, start: date, end: date, progress: Progress) -
         stderr=subprocess.STDOUT,
         text=True,
     ) as process:
-        assert process.stdout is not None  # noqa: S101 - set by stdout=PIPE
+        assert process.stdout is not None
         for line in process.stdout:
             lines.append(line.rstrip())
             progress(line.strip())
@@ -174,7 +182,10 @@ def _dbt_build(settings: Settings, start: date, end: date, progress: Progress) -
             f"dbt build for {end} failed: {'; '.join(failures)}; nothing was materialised ({where})"
         )
     tail = "\n".join(lines[-15:])
-    raise FeatureError(f"dbt build for {end} failed (exit {process.returncode}); nothing was materialised ({where}):\n{tail}")
+    raise FeatureError(
+        f"dbt build for {end} failed (exit {process.returncode}); "
+        f"nothing was materialised ({where}):\n{tail}"
+    )
 
 
 def _dbt_failures(results: Path) -> list[str]:
@@ -188,7 +199,9 @@ def _dbt_failures(results: Path) -> list[str]:
         if status not in ("fail", "error"):
             continue
         kind, _, name = str(result.get("unique_id", "?")).partition(".")
-        name = name.split(".", 1)[-1].rsplit(".", 1)[0] if kind == "test" else name.split(".", 1)[-1]
+        name = (
+            name.split(".", 1)[-1].rsplit(".", 1)[0] if kind == "test" else name.split(".", 1)[-1]
+        )
         if status == "fail":
             failures.append(f"{kind} {name} failed ({result.get('failures')} failing rows)")
         else:
@@ -212,7 +225,7 @@ def _export(settings: Settings, layout: ServiceLayout, start: date, end: date) -
                 partial = target.with_suffix(".parquet.partial")
                 columns = ", ".join(f'"{c}"' for c in view.columns)
                 con.execute(
-                    f"copy (select {view.join_key}, "
+                    f"copy (select {view.join_key}, "  # noqa: S608 - identifiers are checked/declared, values bound
                     "cast(cast(feature_date as timestamp) as timestamptz) as event_timestamp, "
                     f"{columns} from {view.model} where feature_date = date '{day.isoformat()}' "
                     f"order by {view.join_key}) "
@@ -221,7 +234,8 @@ def _export(settings: Settings, layout: ServiceLayout, start: date, end: date) -
                 partial.replace(target)  # atomic: readers see the old file or the new one
                 if day == end:
                     count = con.execute(
-                        f"select count(*) from {view.model} where feature_date = ?", [day]
+                        f"select count(*) from {view.model} where feature_date = ?",  # noqa: S608 - identifiers are checked/declared, values bound
+                        [day],
                     ).fetchone()
                     rows[view.name] = int(count[0]) if count else 0
             day += timedelta(days=1)

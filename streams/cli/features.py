@@ -16,7 +16,9 @@ def features() -> None:
 
 
 @features.command("list")
-@click.option("--service", default=None, help="Feature service (default: STREAMSCORE_FEATURE_SERVICE).")
+@click.option(
+    "--service", default=None, help="Feature service (default: STREAMSCORE_FEATURE_SERVICE)."
+)
 @click.pass_obj
 def list_features(settings: Settings, service: str | None) -> None:
     """The service's features in model-input order, with owner, SLA and drift threshold."""
@@ -30,14 +32,22 @@ def list_features(settings: Settings, service: str | None) -> None:
     for column in ("#", "name", "dtype", "default", "owner", "sla", "drift"):
         table.add_column(column)
     for i, f in enumerate(spec.features):
-        table.add_row(str(i), f.name, f.dtype, f"{f.default:g}", f.owner, f.sla, f"{f.drift_threshold:g}")
+        table.add_row(
+            str(i), f.name, f.dtype, f"{f.default:g}", f.owner, f.sla, f"{f.drift_threshold:g}"
+        )
     Console().print(table)
 
 
 @features.command("training-set")
-@click.option("--start", required=True, type=click.DateTime(), help="First event time (UTC), inclusive.")
-@click.option("--end", required=True, type=click.DateTime(), help="Last event time (UTC), exclusive.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Parquet file.")
+@click.option(
+    "--start", required=True, type=click.DateTime(), help="First event time (UTC), inclusive."
+)
+@click.option(
+    "--end", required=True, type=click.DateTime(), help="Last event time (UTC), exclusive."
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Parquet file."
+)
 @click.pass_obj
 def training_set(settings: Settings, start: datetime, end: datetime, out: Path) -> None:
     """Labelled transactions in [start, end) with their point-in-time features."""

@@ -19,8 +19,12 @@ def _parse_date(_: click.Context, __: click.Parameter, value: str | None) -> dat
 
 
 @click.command()
-@click.option("--date", "nightly_date", callback=_parse_date, help="Nightly date D (default: today, UTC).")
-@click.option("--start", "start_date", callback=_parse_date, help="Backfill the marts from this date to D.")
+@click.option(
+    "--date", "nightly_date", callback=_parse_date, help="Nightly date D (default: today, UTC)."
+)
+@click.option(
+    "--start", "start_date", callback=_parse_date, help="Backfill the marts from this date to D."
+)
 @click.pass_obj
 def nightly(settings: Settings, nightly_date: date | None, start_date: date | None) -> None:
     """dbt build (with tests) for D → feast apply → materialise D online → record the run.

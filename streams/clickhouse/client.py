@@ -22,7 +22,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def quote_identifier(name: str) -> str:
-    """``name`` back-quoted, after checking it is a plain identifier (no injection through config)."""
+    """``name`` back-quoted, once checked to be a plain identifier (no injection via config)."""
     if not _IDENTIFIER.match(name):
         raise ConfigError(
             f"ClickHouse identifier {name!r} may only hold letters, digits and '_' "

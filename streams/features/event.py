@@ -37,9 +37,7 @@ _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
 def _spec(name: str, drift_threshold: float = 0.2) -> FeatureSpec:
-    return FeatureSpec(
-        name=f"event__{name}", owner=OWNER, sla=SLA, drift_threshold=drift_threshold
-    )
+    return FeatureSpec(name=f"event__{name}", owner=OWNER, sla=SLA, drift_threshold=drift_threshold)
 
 
 EVENT_FEATURES_V1: tuple[FeatureSpec, ...] = (

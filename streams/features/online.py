@@ -168,9 +168,11 @@ class OnlineFeatures:
             )
         table = pq.read_table(path, columns=[view.join_key, *view.columns])
         defaults = np.array([[f.default for f in view.features]], dtype=np.float32)
-        values = np.column_stack(
-            [table.column(c).to_numpy().astype(np.float32) for c in view.columns]
-        ) if table.num_rows else np.empty((0, len(view.columns)), dtype=np.float32)
+        values = (
+            np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in view.columns])
+            if table.num_rows
+            else np.empty((0, len(view.columns)), dtype=np.float32)
+        )
         keys = table.column(view.join_key).to_pylist()
         return _EntityTable(
             index={str(k): i for i, k in enumerate(keys)},

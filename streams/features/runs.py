@@ -60,14 +60,16 @@ def record_run(client: Client, database: str, run: NightlyRun) -> None:
     try:
         client.insert(f"{quote_identifier(database)}.feature_runs", [row], column_names=COLUMNS)
     except Exception as exc:
-        raise SinkError(f"cannot record nightly run {run.run_id} in {database}.feature_runs: {exc}") from exc
+        raise SinkError(
+            f"cannot record nightly run {run.run_id} in {database}.feature_runs: {exc}"
+        ) from exc
 
 
 def latest_successful_run(client: Client, database: str, feature_service: str) -> NightlyRun | None:
     """The successful run with the newest nightly date (newest finish among reruns)."""
     try:
         result = client.query(
-            f"select {', '.join(COLUMNS)} from {quote_identifier(database)}.feature_runs "
+            f"select {', '.join(COLUMNS)} from {quote_identifier(database)}.feature_runs "  # noqa: S608 - identifiers are checked/declared, values bound
             "where status = 'success' and feature_service = {service:String} "
             "order by nightly_date desc, finished_at desc limit 1",
             parameters={"service": feature_service},

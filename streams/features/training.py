@@ -65,7 +65,7 @@ def build_training_set(settings: Settings, start: datetime, end: datetime) -> pa
         left join fraud on fraud.transaction_id = t.event_id
         {" ".join(joins)}
         order by t.event_time, t.event_id
-    """
+    """  # noqa: S608 - identifiers are from the registry, values bound
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
@@ -88,9 +88,7 @@ def build_training_set(settings: Settings, start: datetime, end: datetime) -> pa
         values = raw.column(feature.name).to_numpy(zero_copy_only=False)
         filled = np.where(np.isnan(values.astype(np.float64)), feature.default, values)
         columns[feature.name] = pa.array(filled.astype(np.float32))
-    events = raw.select(list(INPUT_COLUMNS)).set_column(
-        0, "event_time", columns["event_time"]
-    )
+    events = raw.select(list(INPUT_COLUMNS)).set_column(0, "event_time", columns["event_time"])
     event_matrix = compute_event_features(
         events, columns[ACCOUNT_MEAN_FEATURE].to_numpy(), layout.event_version
     )
@@ -109,7 +107,7 @@ def _utc_naive(moment: datetime) -> datetime:
 
 def _check_feature_dates(con: object, model: str, start: datetime, end: datetime) -> None:
     rows = con.execute(  # type: ignore[attr-defined]
-        "select distinct t.event_date from stg_transactions as t "
+        "select distinct t.event_date from stg_transactions as t "  # noqa: S608 - identifiers are checked/declared, values bound
         f"anti join (select distinct feature_date from {model}) as f "
         "on f.feature_date = t.event_date "
         "where t.event_time >= ? and t.event_time < ? order by 1",

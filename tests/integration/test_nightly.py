@@ -95,11 +95,15 @@ def test_feast_online_store_holds_the_same_values(world: dict[str, Any]) -> None
     assert not online.refresh_if_newer()  # same run: nothing to swap
     accounts = _mart(settings, "account_features", D).column("account_id").to_pylist()[:5]
     names = [f for f in online.entity_feature_names if f.startswith("account__")]
-    response = feature_store(settings).get_online_features(
-        features=[n.replace("__", ":", 1) for n in names],
-        entity_rows=[{"account_id": a} for a in accounts],
-        full_feature_names=True,
-    ).to_dict()
+    response = (
+        feature_store(settings)
+        .get_online_features(
+            features=[n.replace("__", ":", 1) for n in names],
+            entity_rows=[{"account_id": a} for a in accounts],
+            full_feature_names=True,
+        )
+        .to_dict()
+    )
     feast_matrix = np.column_stack([np.asarray(response[n], dtype=np.float32) for n in names])
     ours, missing = online.lookup(accounts, ["nope"] * 5, ["nope"] * 5)
     assert np.array_equal(ours[:, : len(names)], feast_matrix)
@@ -127,41 +131,35 @@ def test_features_at_d_ignore_events_on_and_after_d(world: dict[str, Any]) -> No
     shutil.copytree(lake, leaky)
     # Loud events on D and later for every known account, and a fraud label on D for an
     # event before D: none of it may change any feature at D.
-    known = pq.read_table(next((lake / "transaction").glob(f"event_date={D - timedelta(days=1)}/*.parquet")))
-    for day in (D, D + timedelta(days=5)):
-        extra = known.set_column(
-            known.schema.get_field_index("event_id"), "event_id",
-            pa.array([f"00000000-0000-4000-8000-{i:012d}" for i in range(known.num_rows)]),
+    known = pq.read_table(
+        next((lake / "transaction").glob(f"event_date={D - timedelta(days=1)}/*.parquet"))
+    )
+
+    def replace(table: pa.Table, name: str, values: list[Any]) -> pa.Table:
+        i = table.schema.get_field_index(name)
+        return table.set_column(
+            i, table.schema.field(i), pa.array(values, table.schema.field(i).type)
         )
-        times = pc.add(
-            pc.floor_temporal(known.column("event_time"), unit="day"),
-            pa.scalar(datetime(day.year, day.month, day.day, 1, tzinfo=UTC)) - pa.scalar(datetime(1970, 1, 1, tzinfo=UTC)),
-        ) if False else pa.array([datetime(day.year, day.month, day.day, 1, tzinfo=UTC)] * known.num_rows, known.schema.field("event_time").type)
-        extra = extra.set_column(known.schema.get_field_index("event_time"), "event_time", times)
-        extra = extra.set_column(
-            known.schema.get_field_index("amount"), "amount", pa.array([99_999.0] * known.num_rows)
+
+    n = known.num_rows
+    for k, (day, hour) in enumerate([(D, 0), (D, 13), (D + timedelta(days=5), 1)]):
+        extra = replace(
+            known, "event_id", [f"00000000-0000-4000-800{k}-{i:012d}" for i in range(n)]
         )
+        extra = replace(
+            extra, "event_time", [datetime(day.year, day.month, day.day, hour, tzinfo=UTC)] * n
+        )
+        extra = replace(extra, "amount", [99_999.0] * n)
         part = leaky / "transaction" / f"event_date={day}"
         part.mkdir(parents=True, exist_ok=True)
-        pq.write_table(extra.replace_schema_metadata(known.schema.metadata), part / "leak.parquet")
-        if day == D:
-            extra = extra.set_column(
-                known.schema.get_field_index("event_id"), "event_id",
-                pa.array([f"00000000-0000-4000-9000-{i:012d}" for i in range(known.num_rows)]),
-            )
-            pq.write_table(extra, part / "leak2.parquet")
+        pq.write_table(extra, part / f"leak-{k}.parquet")
     labels = pq.read_table(next((lake / "label").glob("*/*.parquet")))
     label_dir = leaky / "label" / f"event_date={D}"
     label_dir.mkdir(parents=True, exist_ok=True)
-    fake = labels.slice(0, 1)
-    fake = fake.set_column(fake.schema.get_field_index("event_id"), "event_id", pa.array(["00000000-0000-4000-a000-000000000000"]))
-    fake = fake.set_column(
-        fake.schema.get_field_index("transaction_id"), "transaction_id", known.column("event_id").slice(0, 1)
-    )
-    fake = fake.set_column(
-        fake.schema.get_field_index("label_time"), "label_time",
-        pa.array([datetime(D.year, D.month, D.day, 0, 0, tzinfo=UTC)], fake.schema.field("label_time").type),
-    )
+    fake = replace(labels.slice(0, 1), "event_id", ["00000000-0000-4000-a000-000000000000"])
+    fake = replace(fake, "transaction_id", [known.column("event_id")[0].as_py()])
+    fake = replace(fake, "is_fraud", [True])
+    fake = replace(fake, "label_time", [datetime(D.year, D.month, D.day, tzinfo=UTC)])
     pq.write_table(fake, label_dir / "leak.parquet")
 
     leaky_settings = _settings(root / "leaky-home", leaky, root / "chdb")
@@ -172,7 +170,12 @@ def test_features_at_d_ignore_events_on_and_after_d(world: dict[str, Any]) -> No
     # ...while the features of the day after do see them (the test can fail)
     after = run_nightly(leaky_settings, D + timedelta(days=1), client=world["client"])
     assert after.ok
-    assert pc.max(_mart(leaky_settings, "account_features", D + timedelta(days=1)).column("amount_max_1d")).as_py() == 99_999.0
+    assert (
+        pc.max(
+            _mart(leaky_settings, "account_features", D + timedelta(days=1)).column("amount_max_1d")
+        ).as_py()
+        == 99_999.0
+    )
 
 
 def test_serving_lookup_equals_training_set(world: dict[str, Any]) -> None:
@@ -225,7 +228,8 @@ def test_dbt_unit_tests_pass(world: dict[str, Any]) -> None:
     result = subprocess.run(
         [
             _dbt_executable(), "test", "--select", "test_type:unit",
-            "--project-dir", str(settings.dbt_project_dir), "--profiles-dir", str(settings.dbt_project_dir),
+            "--project-dir", str(settings.dbt_project_dir),
+            "--profiles-dir", str(settings.dbt_project_dir),
             "--target-path", str(state / "target-unit"), "--log-path", str(state / "logs"),
         ],
         env=dbt_environment(settings), capture_output=True, text=True, check=False,
@@ -249,7 +253,9 @@ def test_a_failing_dbt_test_blocks_materialisation(world: dict[str, Any]) -> Non
     table = pq.read_table(part)
     amounts = table.column("amount").to_pylist()
     amounts[0] = -5.0
-    pq.write_table(table.set_column(table.schema.get_field_index("amount"), "amount", pa.array(amounts)), part)
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("amount"), "amount", pa.array(amounts)), part
+    )
 
     settings = _settings(home, bad, root / "chdb")
     online_db = home / "feast" / "online.db"
@@ -260,13 +266,19 @@ def test_a_failing_dbt_test_blocks_materialisation(world: dict[str, Any]) -> Non
         "STREAMSCORE_LAKE_DIR": str(bad),
         "STREAMSCORE_CLICKHOUSE_DSN": f"chdb://{root / 'chdb'}",
     }
-    result = CliRunner().invoke(cli, ["nightly", "--date", D.isoformat()], env={**os.environ, **env})
+    result = CliRunner().invoke(
+        cli, ["nightly", "--date", D.isoformat()], env={**os.environ, **env}
+    )
     assert result.exit_code != 0
     assert isinstance(result.exception, FeatureError)
     assert "positive_stg_transactions_amount" in str(result.exception)
     assert (online_db.stat().st_mtime_ns, exported.stat().st_mtime_ns) == stamps
-    failed = world["client"].query(
-        "select count() from streamscore.feature_runs where status = 'failed' "
-        "and position(error, 'positive_stg_transactions_amount') > 0"
-    ).result_rows
+    failed = (
+        world["client"]
+        .query(
+            "select count() from streamscore.feature_runs where status = 'failed' "
+            "and position(error, 'positive_stg_transactions_amount') > 0"
+        )
+        .result_rows
+    )
     assert failed[0][0] == 1
