@@ -1,4 +1,4 @@
-"""Schema-on-write ingestion as a pure function: raw Kafka record in, accepted event or dead letter out.
+"""Schema-on-write ingestion as a pure function: raw record in, accepted event or dead letter out.
 
 No Kafka client and no faust here: the agent hands records in, a sink sends results on.
 Checks run cheapest first, and nothing expensive runs on bytes that a cheap check
@@ -106,7 +106,9 @@ def _decode_failure(value: bytes, exc: orjson.JSONDecodeError) -> tuple[str, str
     return NOT_JSON, f"value is not JSON: {exc}"
 
 
-def ingest_record(record: RawRecord, registry: SchemaRegistry, limits: Limits) -> Accepted | DeadLetter:
+def ingest_record(
+    record: RawRecord, registry: SchemaRegistry, limits: Limits
+) -> Accepted | DeadLetter:
     """Check one record. Never raises for bad input: every failure is a DeadLetter."""
     value = record.value
     if value is None or not value:

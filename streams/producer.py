@@ -26,6 +26,8 @@ from streams.settings import Settings
 from streams.topics import LABELS_RAW, raw_topic, topic_name
 
 Header = tuple[str, bytes]
+# What confluent-kafka accepts; tuples are covariant, so a list[Header] converts for free.
+KafkaHeaders = list[tuple[str, str | bytes | None]]
 
 
 @dataclass(slots=True)
@@ -100,9 +102,7 @@ class EventProducer:
         schema, record = accepted.schema, accepted.record
         key = str(accepted.event[schema.key_field]).encode()
         assert record.value is not None  # accepted events always have a value
-        self._produce(
-            self.topic_for(schema.event_type), record.value, key, schema_headers(schema)
-        )
+        self._produce(self.topic_for(schema.event_type), record.value, key, schema_headers(schema))
 
     def send_raw(
         self,
@@ -112,13 +112,20 @@ class EventProducer:
         topic: str | None = None,
     ) -> None:
         """Publish bytes unvalidated (the ingestion worker will judge them)."""
-        self._produce(topic or self._raw_topic, value, key, list(headers))
+        self._produce(topic or self._raw_topic, value, key, headers)
 
-    def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[Header]) -> None:
+    def _produce(
+        self, topic: str, value: bytes, key: bytes | None, headers: Sequence[Header]
+    ) -> None:
+        kafka_headers: KafkaHeaders = [*headers]
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=kafka_headers,
+                    on_delivery=self._on_delivery,
                 )
                 break
             except BufferError:

@@ -108,7 +108,8 @@ class Settings(BaseSettings):
         default="fraud_v1", description="STREAMSCORE_FEATURE_SERVICE: what the model names."
     )
     nightly_cron: str = Field(
-        default="", description="STREAMSCORE_NIGHTLY_CRON: run nightly in the worker (e.g. 0 2 * * *)."
+        default="",
+        description="STREAMSCORE_NIGHTLY_CRON: run nightly in the worker (e.g. 0 2 * * *).",
     )
 
     # Models and scoring.
@@ -128,8 +129,7 @@ class Settings(BaseSettings):
     clickhouse_dsn: str = Field(
         default="",
         description=(
-            "STREAMSCORE_CLICKHOUSE_DSN: chdb:///path (default <home>/chdb) or "
-            "http://host:8123/db."
+            "STREAMSCORE_CLICKHOUSE_DSN: chdb:///path (default <home>/chdb) or http://host:8123/db."
         ),
     )
     clickhouse_database: str = Field(

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import (
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported, not in __all__
     AdminClient,
     ConfigResource,
     NewTopic,
@@ -70,7 +70,14 @@ def valid_spec(event_type: str) -> TopicSpec:
 
 def declared_topics(event_types: Iterable[str]) -> tuple[TopicSpec, ...]:
     """Every topic for the given event types (from the schema registry)."""
-    return (RAW, LABELS_RAW, DLQ, PREDICTIONS, REVIEW, *(valid_spec(t) for t in sorted(event_types)))
+    return (
+        RAW,
+        LABELS_RAW,
+        DLQ,
+        PREDICTIONS,
+        REVIEW,
+        *(valid_spec(t) for t in sorted(event_types)),
+    )
 
 
 def topic_name(settings: Settings, spec: TopicSpec) -> str:
@@ -175,4 +182,3 @@ def apply_topics(
         else:
             report.unchanged.append(name)
     return report
-

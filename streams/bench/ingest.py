@@ -87,14 +87,16 @@ def ceiling(settings: Settings, expected: int, timeout: float = 300.0) -> float:
             start = time.perf_counter()
         for message in batch:
             if message.error() is None:
-                loads(message.value())
+                loads(message.value() or b"null")
                 seen += 1
     elapsed = time.perf_counter() - (start or time.perf_counter())
     consumer.close()
     return seen / elapsed if elapsed > 0 else 0.0
 
 
-def run_agent(settings: Settings, expected: int, timeout: float = 600.0) -> tuple[float, float, float]:
+def run_agent(
+    settings: Settings, expected: int, timeout: float = 600.0
+) -> tuple[float, float, float]:
     """Run a worker process; return (sustained events/s, wall events/s, peak RSS MB)."""
     env = dict(os.environ)
     env.update(
@@ -162,5 +164,7 @@ def run(settings: Settings, events: int = 300_000) -> IngestBenchResult:
     ceiling_eps = ceiling(bench, events)
     sustained, wall, rss = run_agent(bench, events)
     admin = make_admin(bench)
-    admin.delete_topics([t for t in admin.list_topics(timeout=10).topics if t.startswith(bench.topic_prefix)])
+    admin.delete_topics(
+        [t for t in admin.list_topics(timeout=10).topics if t.startswith(bench.topic_prefix)]
+    )
     return IngestBenchResult(events, invalid, ceiling_eps, sustained, wall, rss)

@@ -17,6 +17,19 @@ def infra() -> None:
 
 
 @infra.command()
+@click.pass_obj
+def install(settings: Settings) -> None:
+    """Fetch the Kafka 3.9.2 jars from Maven Central with Maven (once, cached)."""
+    from streams.infra.kafka import LocalKafka
+
+    kafka = LocalKafka(settings)
+    if kafka.install():
+        click.echo(f"installed Kafka jars into {kafka.libs_dir}")
+    else:
+        click.echo(f"Kafka jars already installed in {kafka.libs_dir}")
+
+
+@infra.command()
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the broker.")
 @click.pass_obj
 def up(settings: Settings, timeout: float) -> None:
@@ -30,7 +43,9 @@ def up(settings: Settings, timeout: float) -> None:
     if not kafka.installed():
         click.echo(f"installing Kafka jars with Maven into {kafka.libs_dir} (once)...")
     status = kafka.up(timeout=timeout)
-    click.echo(f"kafka {status.detail}: {status.bootstrap} (pid {status.pid}, log {status.log_file})")
+    click.echo(
+        f"kafka {status.detail}: {status.bootstrap} (pid {status.pid}, log {status.log_file})"
+    )
 
 
 @infra.command()

@@ -16,7 +16,11 @@ from streams.errors import StreamscoreError
 
 # name -> "module:attribute" of a click.Command. Loaded only when used or listed.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "infra": ("streams.cli.infra:infra", "Start, stop and inspect the local Kafka broker (and Redis)."),
+    "demo": ("streams.cli.demo:demo", "The main job end to end on local defaults."),
+    "infra": (
+        "streams.cli.infra:infra",
+        "Start, stop and inspect the local Kafka broker (and Redis).",
+    ),
     "topics": ("streams.cli.topics:topics", "Declared topics: apply and report drift."),
     "produce": ("streams.cli.produce:produce", "Validate and publish events from a file or stdin."),
     "simulate": ("streams.cli.simulate:simulate", "Generate realistic card transactions."),
@@ -24,7 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("streams.cli.bench:bench", "Benchmarks that print numbers."),
     "schemas": ("streams.cli.schemas:schemas", "List and check the event schemas."),
     "nightly": ("streams.cli.nightly:nightly", "dbt build, feast apply, materialise, record."),
-    "features": ("streams.cli.features:features", "Feature registry and point-in-time training sets."),
+    "features": (
+        "streams.cli.features:features",
+        "Feature registry and point-in-time training sets.",
+    ),
     "model": ("streams.cli.model:model", "Train, list, verify, promote and roll back models."),
 }
 

@@ -65,7 +65,9 @@ def produce(
             raw = line.rstrip(b"\r\n")
             if not raw.strip():
                 continue
-            result = ingest_record(RawRecord("file", 0, number, 0, None, raw, headers), registry, limits)
+            result = ingest_record(
+                RawRecord("file", 0, number, 0, None, raw, headers), registry, limits
+            )
             if isinstance(result, Accepted):
                 producer.send_accepted(result)
                 continue
@@ -77,7 +79,9 @@ def produce(
                         "line": number,
                         "reason": result.reason,
                         "message": result.message,
-                        "violations": [{"path": v.path, "message": v.message} for v in result.violations],
+                        "violations": [
+                            {"path": v.path, "message": v.message} for v in result.violations
+                        ],
                         "raw": raw.decode("utf-8", "backslashreplace"),
                     }
                 )

@@ -34,12 +34,18 @@ def check(settings: Settings) -> None:
     wrong = 0
     for event_type in registry.event_types:
         for kind in ("valid", "invalid"):
-            for name, raw in load_examples(settings.schemas_dir / "examples", event_type, kind).items():
+            for name, raw in load_examples(
+                settings.schemas_dir / "examples", event_type, kind
+            ).items():
                 result = ingest_record(RawRecord("example", 0, 0, 0, None, raw), registry, limits)
                 ok = isinstance(result, Accepted) == (kind == "valid")
                 wrong += not ok
                 verdict = "ok " if ok else "BAD"
-                why = "" if isinstance(result, Accepted) else f" ({result.reason}: {result.message[:100]})"
+                why = (
+                    ""
+                    if isinstance(result, Accepted)
+                    else f" ({result.reason}: {result.message[:100]})"
+                )
                 click.echo(f"{verdict} {event_type}/{kind}/{name}{why}")
     if wrong:
         raise click.ClickException(f"{wrong} examples got the wrong verdict")

@@ -319,4 +319,3 @@ def _remote_status(settings: Settings) -> BrokerStatus:
         topics=tuple(sorted(metadata.topics)),
         detail=f"external cluster, {len(metadata.brokers)} broker(s)",
     )
-

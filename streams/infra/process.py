@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,7 +33,11 @@ def read_pid(pid_file: Path, marker: str) -> int | None:
 
 
 def start_detached(
-    argv: Sequence[str], log_file: Path, pid_file: Path, cwd: Path, env: dict[str, str] | None = None
+    argv: Sequence[str],
+    log_file: Path,
+    pid_file: Path,
+    cwd: Path,
+    env: dict[str, str] | None = None,
 ) -> int:
     """Start ``argv`` in its own session, output appended to ``log_file``; write the pid file."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -95,10 +100,8 @@ def _reap(pid: int) -> None:
         if child.poll() is not None:
             del _CHILDREN[pid]
         return
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -89,7 +89,9 @@ def _read_schema(path: Path) -> EventSchema:
     )
 
 
-def structural_breaks(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "$") -> list[str]:
+def structural_breaks(
+    old: Mapping[str, Any], new: Mapping[str, Any], where: str = "$"
+) -> list[str]:
     """Ways in which ``new`` would reject data that ``old`` accepted (a conservative check)."""
     problems: list[str] = []
     if old.get("type") != new.get("type"):
@@ -97,8 +99,10 @@ def structural_breaks(old: Mapping[str, Any], new: Mapping[str, Any], where: str
     added = set(new.get("required", [])) - set(old.get("required", []))
     if added:
         problems.append(f"{where}: new required properties {sorted(added)}")
-    if "enum" in old and "enum" in new and not set(map(repr, old["enum"])) <= set(
-        map(repr, new["enum"])
+    if (
+        "enum" in old
+        and "enum" in new
+        and not set(map(repr, old["enum"])) <= set(map(repr, new["enum"]))
     ):
         problems.append(f"{where}: enum narrowed, lost {sorted(map(repr, old['enum']))}")
     old_props: Mapping[str, Any] = old.get("properties", {})

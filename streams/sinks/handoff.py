@@ -77,9 +77,7 @@ def dead_letter_headers(dead: DeadLetter, stage: str, worker_id: str, now_ms: in
     """The original headers (minus any earlier ``dlq.*``) followed by why and from where."""
     record = dead.record
     headers: list[Header] = [
-        (k, v if v is not None else b"")
-        for k, v in record.headers
-        if not k.startswith(DLQ_PREFIX)
+        (k, v if v is not None else b"") for k, v in record.headers if not k.startswith(DLQ_PREFIX)
     ]
     headers += [
         (DLQ_SOURCE_TOPIC, record.topic.encode()),

@@ -85,7 +85,9 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+def start_worker(
+    settings: Settings, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start ``streamscore worker`` processes; every one still running is stopped at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
@@ -134,7 +136,11 @@ def read_topic(
                 quiet_since = time.monotonic()
                 if settle is None and len(records) >= expected:
                     break
-            elif settle is not None and len(records) >= expected and time.monotonic() - quiet_since >= settle:
+            elif (
+                settle is not None
+                and len(records) >= expected
+                and time.monotonic() - quiet_since >= settle
+            ):
                 break
     finally:
         consumer.close()

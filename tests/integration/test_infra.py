@@ -36,7 +36,9 @@ def test_up_is_idempotent_status_and_down(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     try:
         assert "started" in first.stdout
-        pid = LocalKafka(Settings(home=tmp_path, kafka_port=port, kafka_controller_port=controller)).pid()
+        pid = LocalKafka(
+            Settings(home=tmp_path, kafka_port=port, kafka_controller_port=controller)
+        ).pid()
         assert pid is not None
         second = _cli(tmp_path, port, controller, "infra", "up")
         assert second.returncode == 0 and "already running" in second.stdout
@@ -56,7 +58,9 @@ def test_up_is_idempotent_status_and_down(tmp_path: Path) -> None:
 
 
 def test_external_bootstrap_never_starts_a_broker(tmp_path: Path) -> None:
-    env = dict(os.environ, STREAMSCORE_HOME=str(tmp_path), STREAMSCORE_KAFKA_BOOTSTRAP="127.0.0.1:9")
+    env = dict(
+        os.environ, STREAMSCORE_HOME=str(tmp_path), STREAMSCORE_KAFKA_BOOTSTRAP="127.0.0.1:9"
+    )
     result = subprocess.run(
         [sys.executable, "-m", "streams.cli.main", "infra", "up"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
@@ -77,10 +81,8 @@ def test_topics_apply_creates_then_reports_drift(settings: Settings) -> None:
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
     raw = topic_name(settings, specs[0])
-    resource = ConfigResource(
-        ResourceType.TOPIC, raw,
-        incremental_configs=[ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)],
-    )  # fmt: skip
+    entry = ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, raw, incremental_configs=[entry])
     for future in admin.incremental_alter_configs([resource]).values():
         future.result()
     deadline = time.monotonic() + 15  # config changes propagate through KRaft metadata

@@ -135,7 +135,9 @@ def test_sigkill_mid_stream_loses_nothing(
     time.sleep(1)
 
     start_worker(STREAMSCORE_INGEST_BATCH_SIZE="500")
-    handed_off = read_topic(settings, valid_topic(settings, "transaction"), len(expected_valid), timeout=180)
+    handed_off = read_topic(
+        settings, valid_topic(settings, "transaction"), len(expected_valid), timeout=180
+    )
     dead = read_topic(settings, dlq_topic(settings), len(expected_dead), timeout=60)
 
     valid_sources = collections.Counter(source_of(m) for m in handed_off)

@@ -44,7 +44,9 @@ def _mutations(event: dict[str, Any], rng: random.Random, count: int) -> list[An
             elif roll < 0.8:
                 mutant.pop(key, None)
             else:
-                mutant[rng.choice(["extra", "merchant_name", "wallet", "geo"])] = rng.choice(MUTANTS)
+                mutant[rng.choice(["extra", "merchant_name", "wallet", "geo"])] = rng.choice(
+                    MUTANTS
+                )
         out.append(mutant)
     out.extend([[], "text", 3, None, {}])
     return out
