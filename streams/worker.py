@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import faust
 
 from streams.agents.ingest import register_ingest_agent
+from streams.agents.lake import register_lake_agent
 from streams.app import create_app
 from streams.kafka import make_admin
+from streams.nightly import NightlyRun, run_nightly
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.sinks.handoff import KafkaHandoff
@@ -27,7 +31,30 @@ def build_app(settings: Settings) -> faust.App:
         log.warning("topic drift: %s", drift)
     app = create_app(settings)
     register_ingest_agent(app, settings, registry, KafkaHandoff(settings))
+    register_lake_agent(app, settings, registry)
+    if settings.nightly_cron:
+        # On the leader only: one nightly run per group, not one per worker.
+        app.crontab(settings.nightly_cron, on_leader=True)(nightly_job(settings))
     return app
+
+
+def nightly_job(
+    settings: Settings, run: Callable[[Settings], NightlyRun] = run_nightly
+) -> Callable[[], Awaitable[None]]:
+    """The worker's nightly crontab: ``run`` in a thread; a failure is logged, never raised."""
+
+    async def nightly() -> None:
+        try:
+            result = await asyncio.to_thread(run, settings)
+        except Exception as exc:  # a failed night must not stop ingestion
+            log.error("nightly run failed: %s: %s", type(exc).__name__, exc)
+            return
+        log.info(
+            "nightly run %s for %s: %s (%s)",
+            result.run_id, result.nightly_date, result.status, result.durations_s,
+        )  # fmt: skip
+
+    return nightly
 
 
 def run_worker(settings: Settings) -> None:
