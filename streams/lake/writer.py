@@ -45,6 +45,16 @@ from streams.lake.schema import PARTITION_COLUMN, SCHEMAS, TIME_FIELDS, conform,
 
 MANIFEST_DIR = "_manifests"
 TEMP_PREFIX = ".tmp-"
+# Temp files end in neither .parquet nor .json, so readers globbing the lake (dbt's
+# read_parquet('.../*/*.parquet'), duckdb) never see a half-written file.
+TEMP_SUFFIX = ".partial"
+
+
+def _temp_path(final: str) -> str:
+    name = f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(final)}{TEMP_SUFFIX}"
+    return posixpath.join(posixpath.dirname(final), name)
+
+
 MANIFEST_VERSION = 1
 
 # (topic, partition, first_offset, last_offset), both offsets inclusive.
@@ -250,9 +260,7 @@ class LakeWriter:
 
     def _write_parquet(self, table: pa.Table, relative: str) -> None:
         final = self.path(relative)
-        temp = posixpath.join(
-            posixpath.dirname(final), f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(final)}"
-        )
+        temp = _temp_path(final)
         try:
             self._fs.create_dir(posixpath.dirname(final), recursive=True)
             pq.write_table(table, temp, filesystem=self._fs, compression=self._compression)
@@ -264,9 +272,7 @@ class LakeWriter:
 
     def _write_atomically(self, relative: str, payload: bytes) -> None:
         final = self.path(relative)
-        temp = posixpath.join(
-            posixpath.dirname(final), f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(final)}"
-        )
+        temp = _temp_path(final)
         try:
             self._fs.create_dir(posixpath.dirname(final), recursive=True)
             with self._fs.open_output_stream(temp) as stream:
