@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     worker_id: str = Field(
         default_factory=_default_worker_id, description="STREAMSCORE_WORKER_ID: in DLQ headers."
     )
+    agents: str = Field(
+        default="ingest,lake",
+        description=(
+            "STREAMSCORE_AGENTS: comma-separated agents this worker runs (ingest, lake); "
+            "run stages in separate processes to scale them independently."
+        ),
+    )
     web_port: int = Field(default=6066, description="STREAMSCORE_WEB_PORT: worker web server.")
     web_enabled: bool = Field(default=True, description="STREAMSCORE_WEB_ENABLED.")
     log_level: str = Field(default="info", description="STREAMSCORE_LOG_LEVEL.")
@@ -148,6 +155,20 @@ class Settings(BaseSettings):
     def manages_local_kafka(self) -> bool:
         """True when streamscore owns the broker (no external bootstrap given)."""
         return self.kafka_bootstrap is None
+
+    @field_validator("agents")
+    @classmethod
+    def _known_agents(cls, value: str) -> str:
+        names = {name.strip() for name in value.split(",") if name.strip()}
+        unknown = names - {"ingest", "lake"}
+        if not names or unknown:
+            raise ValueError(f"agents must name some of: ingest, lake (got {value!r})")
+        return ",".join(sorted(names))
+
+    @property
+    def agent_names(self) -> frozenset[str]:
+        """The agents this worker runs."""
+        return frozenset(self.agents.split(","))
 
     @property
     def lake_url(self) -> str:

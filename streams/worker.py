@@ -30,8 +30,10 @@ def build_app(settings: Settings) -> faust.App:
     for drift in report.drift:
         log.warning("topic drift: %s", drift)
     app = create_app(settings)
-    register_ingest_agent(app, settings, registry, KafkaHandoff(settings))
-    register_lake_agent(app, settings, registry)
+    if "ingest" in settings.agent_names:
+        register_ingest_agent(app, settings, registry, KafkaHandoff(settings))
+    if "lake" in settings.agent_names:
+        register_lake_agent(app, settings, registry)
     if settings.nightly_cron:
         # On the leader only: one nightly run per group, not one per worker.
         app.crontab(settings.nightly_cron, on_leader=True)(nightly_job(settings))

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -58,6 +59,38 @@ def synthetic_events(count: int, invalid_every: int = 50) -> list[tuple[bytes, b
             event["currency"] = "XXX"
         out.append((account.encode(), orjson.dumps(event)))
     return out
+
+
+def validation_rates(settings: Settings, count: int = 200_000) -> dict[str, float]:
+    """Hot-path validation on one core, in events/s: jsonschema-rs alone, orjson parse +
+    jsonschema-rs, the full pure ingest step (guards, parse, resolve, validate), and the
+    reference ``jsonschema`` on a sample."""
+    from streams.ingest import Limits, RawRecord, ingest_batch
+    from streams.schemas.validation import ReferenceValidator
+
+    registry = SchemaRegistry.load(settings.schemas_dir)
+    schema = registry.get("transaction", 1)
+    values = [value for _, value in synthetic_events(count, invalid_every=0)]
+    parsed = [orjson.loads(v) for v in values]
+    is_valid = schema.fast.is_valid
+
+    def rate(work: Callable[[], object], n: int) -> float:
+        began = time.perf_counter()
+        work()
+        return n / (time.perf_counter() - began)
+
+    records = [RawRecord("bench", 0, i, 0, None, v) for i, v in enumerate(values)]
+    limits = Limits(settings.max_payload_bytes, settings.max_nesting_depth)
+    reference = ReferenceValidator(schema.document)
+    sample = parsed[:5_000]
+    return {
+        "jsonschema-rs validate": rate(lambda: [is_valid(e) for e in parsed], count),
+        "orjson parse + validate": rate(lambda: [is_valid(orjson.loads(v)) for v in values], count),
+        "full pure ingest step": rate(lambda: ingest_batch(records, registry, limits), count),
+        "jsonschema (reference)": rate(
+            lambda: [reference.is_valid(e) for e in sample], len(sample)
+        ),
+    }
 
 
 def preload(settings: Settings, events: list[tuple[bytes, bytes]]) -> None:
@@ -105,6 +138,7 @@ def run_agent(
         STREAMSCORE_APP_ID=settings.app_id,
         STREAMSCORE_WEB_ENABLED="false",
         STREAMSCORE_LOG_LEVEL="warning",
+        STREAMSCORE_AGENTS="ingest",  # ingestion alone: no lake agent competing for the core
     )
     if settings.kafka_bootstrap:
         env["STREAMSCORE_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap

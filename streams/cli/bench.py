@@ -45,8 +45,12 @@ def ingest(settings: Settings, events: int) -> None:
     Starts the local broker if this project manages it. Uses fresh bench-* topics
     and deletes them afterwards.
     """
-    from streams.bench.ingest import run
+    from streams.bench.ingest import run, validation_rates
     from streams.infra.kafka import LocalKafka
+
+    click.echo("hot-path validation, one core, 20-field transactions:")
+    for name, rate in validation_rates(settings).items():
+        click.echo(f"  {name:26} {rate:>12,.0f} events/s")
 
     if settings.manages_local_kafka:
         LocalKafka(settings).up()

@@ -49,6 +49,9 @@ def test_settings_refuse_typos_and_bad_values(monkeypatch: pytest.MonkeyPatch) -
         Settings(max_payload_bytes=0)
     with pytest.raises(ValidationError):
         Settings(no_such_field=1)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="agents"):
+        Settings(agents="ingest,score-everything")
+    assert Settings(agents=" lake , ingest").agent_names == {"ingest", "lake"}
 
 
 def _all_commands(group: click.Group, ctx: click.Context, prefix: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
