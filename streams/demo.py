@@ -6,6 +6,7 @@ Everything it starts it stops again (the broker only if it was not already runni
 from __future__ import annotations
 
 import collections
+import os
 import subprocess
 import sys
 import time
@@ -108,18 +109,10 @@ def run_demo(
 
 
 def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    import os
-
-    env = dict(os.environ)
-    env.update(
-        STREAMSCORE_HOME=str(settings.home),
-        STREAMSCORE_TOPIC_PREFIX=settings.topic_prefix,
-        STREAMSCORE_APP_ID=settings.app_id,
-        STREAMSCORE_WEB_ENABLED="false",
-        STREAMSCORE_LOG_LEVEL="warning",
-        STREAMSCORE_KAFKA_PORT=str(settings.kafka_port),
-        STREAMSCORE_KAFKA_CONTROLLER_PORT=str(settings.kafka_controller_port),
-    )
+    env = {
+        **os.environ,
+        **settings.to_env(STREAMSCORE_WEB_ENABLED="false", STREAMSCORE_LOG_LEVEL="warning"),
+    }
     log = settings.home / "demo-worker.log"
     settings.home.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:

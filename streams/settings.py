@@ -165,6 +165,22 @@ class Settings(BaseSettings):
             raise ValueError(f"agents must name some of: ingest, lake (got {value!r})")
         return ",".join(sorted(names))
 
+    def to_env(self, **overrides: str) -> dict[str, str]:
+        """These settings as ``STREAMSCORE_*`` variables, for a child process (a worker).
+
+        ``worker_id`` is left out: a child is its own worker and names itself.
+        """
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None or name == "worker_id":
+                continue
+            env[f"STREAMSCORE_{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+        env.update(overrides)
+        return env
+
     @property
     def agent_names(self) -> frozenset[str]:
         """The agents this worker runs."""

@@ -131,18 +131,14 @@ def run_agent(
     settings: Settings, expected: int, timeout: float = 600.0
 ) -> tuple[float, float, float]:
     """Run a worker process; return (sustained events/s, wall events/s, peak RSS MB)."""
-    env = dict(os.environ)
-    env.update(
-        STREAMSCORE_HOME=str(settings.home),
-        STREAMSCORE_TOPIC_PREFIX=settings.topic_prefix,
-        STREAMSCORE_APP_ID=settings.app_id,
-        STREAMSCORE_WEB_ENABLED="false",
-        STREAMSCORE_LOG_LEVEL="warning",
-        STREAMSCORE_AGENTS="ingest",  # ingestion alone: no lake agent competing for the core
-    )
-    if settings.kafka_bootstrap:
-        env["STREAMSCORE_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
-    env.setdefault("STREAMSCORE_KAFKA_PORT", str(settings.kafka_port))
+    env = {
+        **os.environ,
+        **settings.to_env(
+            STREAMSCORE_WEB_ENABLED="false",
+            STREAMSCORE_LOG_LEVEL="warning",
+            STREAMSCORE_AGENTS="ingest",  # ingestion alone: no lake agent competing for the core
+        ),
+    }
     started = time.perf_counter()
     worker = subprocess.Popen(
         [sys.executable, "-m", "streams.cli.main", "worker"],

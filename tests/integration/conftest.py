@@ -67,19 +67,8 @@ def settings(broker_settings: Settings) -> Settings:
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        STREAMSCORE_HOME=str(settings.home),
-        STREAMSCORE_KAFKA_PORT=str(settings.kafka_port),
-        STREAMSCORE_KAFKA_CONTROLLER_PORT=str(settings.kafka_controller_port),
-        STREAMSCORE_TOPIC_PREFIX=settings.topic_prefix,
-        STREAMSCORE_APP_ID=settings.app_id,
-        STREAMSCORE_WEB_ENABLED="false",
-        STREAMSCORE_LOG_LEVEL="info",
-        PYTHONUNBUFFERED="1",
-    )
-    if settings.kafka_bootstrap:
-        env["STREAMSCORE_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    """The environment of a worker process holding exactly these settings."""
+    env = {**os.environ, **settings.to_env(STREAMSCORE_LOG_LEVEL="info", PYTHONUNBUFFERED="1")}
     env.update(extra)
     return env
 

@@ -42,6 +42,17 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
         settings.kafka_port = 1  # type: ignore[misc]  # frozen
 
 
+def test_settings_round_trip_through_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    original = Settings(home=tmp_path, topic_prefix="x.", web_enabled=False, agents="ingest")
+    for name, value in original.to_env().items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    assert child.model_dump(exclude={"worker_id"}) == original.model_dump(exclude={"worker_id"})
+    assert "STREAMSCORE_WORKER_ID" not in original.to_env()
+
+
 def test_settings_refuse_typos_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError):
         Settings(topic_prefix="bad prefix/")
