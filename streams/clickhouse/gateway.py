@@ -1,0 +1,94 @@
+"""One ClickHouse client shared by everything in a process, used from threads one call at a time.
+
+chDB lets only one process open a data path, so inside the worker the scoring sink, the
+dead-letter sink and the read-only query endpoint all go through this one client. The
+lock serialises calls (chDB's session is not safe for concurrent use); against a
+ClickHouse server the cost is the same single HTTP connection clickhouse-connect keeps.
+Blocking calls: run them with ``asyncio.to_thread`` from async code.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from streams.clickhouse.client import connect, quote_identifier
+from streams.clickhouse.migrations import apply_migrations
+from streams.errors import SinkError
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+    from clickhouse_connect.driver.query import QueryResult
+
+    from streams.settings import Settings
+
+
+class ClickHouseGateway:
+    """A lock around one clickhouse-connect client; tables are named ``<database>.<table>``."""
+
+    def __init__(self, client: Client, database: str) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self.database = database
+        self._quoted = quote_identifier(database)
+
+    @classmethod
+    def open(cls, settings: Settings, *, migrate: bool = True) -> ClickHouseGateway:
+        """Connect to ``settings.clickhouse_url`` and (by default) apply pending migrations."""
+        client = connect(settings)
+        if migrate:
+            apply_migrations(client, settings.clickhouse_database)
+        return cls(client, settings.clickhouse_database)
+
+    def table(self, name: str) -> str:
+        """``name`` qualified with the database, both checked as identifiers."""
+        return f"{self._quoted}.{quote_identifier(name)}"
+
+    def insert_columns(
+        self,
+        table: str,
+        columns: Sequence[Sequence[Any]],
+        column_names: Sequence[str],
+        *,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Columnar insert into ``<database>.<table>``; raises SinkError on any failure."""
+        try:
+            with self._lock:
+                self._client.insert(
+                    self.table(table),
+                    list(columns),
+                    column_names=list(column_names),
+                    column_oriented=True,
+                    settings=dict(settings or {}),
+                )
+        except Exception as exc:
+            raise SinkError(f"insert into {self.database}.{table} failed: {exc}") from exc
+
+    def query(
+        self,
+        sql: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        settings: Mapping[str, Any] | None = None,
+    ) -> QueryResult:
+        """Run a query with client-bound ``parameters``; raises SinkError on failure."""
+        try:
+            with self._lock:
+                return self._client.query(
+                    sql, parameters=dict(parameters or {}), settings=dict(settings or {})
+                )
+        except Exception as exc:
+            raise SinkError(f"query failed on {self.database}: {exc}") from exc
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        try:
+            with self._lock:
+                return self._client.command(sql, parameters=dict(parameters or {}))
+        except Exception as exc:
+            raise SinkError(f"command failed on {self.database}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()
