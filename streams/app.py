@@ -7,7 +7,7 @@ import faust
 from streams.settings import Settings
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, broker_count: int = 1) -> faust.App:
     """A faust app configured from settings: raw bytes in, manual hand-off out.
 
     Every agent runs at concurrency 1: faust-streaming #606 commits past in-flight
@@ -24,6 +24,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
         web_host="127.0.0.1",
+        web_bind="127.0.0.1",  # the /sql endpoint has no authentication: loopback only
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         # Commit often: at most ~1 s of work is re-done after a crash.
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_max_fetch_size=16 * 1024 * 1024,
         stream_buffer_maxsize=16_384,
         stream_wait_empty=False,
-        topic_replication_factor=1 if settings.manages_local_kafka else 3,
+        # faust's own topics (leader election): 3 replicas, or all the brokers there are.
+        topic_replication_factor=min(3, max(1, broker_count)),
         topic_partitions=6,
     )

@@ -25,6 +25,9 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+AGENTS = ("ingest", "score", "dlq", "lake")
+
+
 class Settings(BaseSettings):
     """streamscore configuration. Each field is ``STREAMSCORE_<FIELD>`` in the environment."""
 
@@ -72,16 +75,31 @@ class Settings(BaseSettings):
         default=2000, gt=0, description="STREAMSCORE_INGEST_BATCH_SIZE: events per batch."
     )
     ingest_batch_seconds: float = Field(
-        default=0.05, gt=0, description="STREAMSCORE_INGEST_BATCH_SECONDS: max wait per batch."
+        default=0.01, gt=0, description="STREAMSCORE_INGEST_BATCH_SECONDS: max wait per batch."
     )
     worker_id: str = Field(
         default_factory=_default_worker_id, description="STREAMSCORE_WORKER_ID: in DLQ headers."
     )
     agents: str = Field(
-        default="ingest,lake",
+        default="dlq,ingest,lake,score",
         description=(
-            "STREAMSCORE_AGENTS: comma-separated agents this worker runs (ingest, lake); "
-            "run stages in separate processes to scale them independently."
+            "STREAMSCORE_AGENTS: comma-separated agents this worker runs (ingest, score, "
+            "dlq, lake); run stages in separate processes to scale them independently."
+        ),
+    )
+    score_batch_size: int = Field(
+        default=5000, gt=0, description="STREAMSCORE_SCORE_BATCH_SIZE: events per scoring batch."
+    )
+    score_batch_seconds: float = Field(
+        default=0.01,
+        gt=0,
+        description="STREAMSCORE_SCORE_BATCH_SECONDS: max wait to fill a scoring batch.",
+    )
+    sink_dedup: bool = Field(
+        default=True,
+        description=(
+            "STREAMSCORE_SINK_DEDUP: idempotent ClickHouse writes (source marks + insert "
+            "deduplication tokens). false exists only for the negative-control test."
         ),
     )
     web_port: int = Field(default=6066, description="STREAMSCORE_WEB_PORT: worker web server.")
@@ -160,9 +178,9 @@ class Settings(BaseSettings):
     @classmethod
     def _known_agents(cls, value: str) -> str:
         names = {name.strip() for name in value.split(",") if name.strip()}
-        unknown = names - {"ingest", "lake"}
+        unknown = names - set(AGENTS)
         if not names or unknown:
-            raise ValueError(f"agents must name some of: ingest, lake (got {value!r})")
+            raise ValueError(f"agents must name some of: {', '.join(AGENTS)} (got {value!r})")
         return ",".join(sorted(names))
 
     def to_env(self, **overrides: str) -> dict[str, str]:

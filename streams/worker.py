@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
 import faust
 
+from streams.agents.dlq import register_dlq_agent
 from streams.agents.ingest import register_ingest_agent
 from streams.agents.lake import register_lake_agent
+from streams.agents.score import register_score_agent
 from streams.app import create_app
+from streams.clickhouse.gateway import ClickHouseGateway
 from streams.kafka import make_admin
 from streams.nightly import NightlyRun, run_nightly
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.sinks.handoff import KafkaHandoff
 from streams.topics import apply_topics, declared_topics
+from streams.web.query import open_readonly_gateway, register_query_endpoint
 
 log = logging.getLogger("streams.worker")
 
@@ -24,16 +29,30 @@ log = logging.getLogger("streams.worker")
 def build_app(settings: Settings) -> faust.App:
     """Load schemas (refusing broken or incompatible ones), declare topics, attach agents."""
     registry = SchemaRegistry.load(settings.schemas_dir)
-    report = apply_topics(settings, declared_topics(registry.event_types), make_admin(settings))
+    admin = make_admin(settings)
+    report = apply_topics(settings, declared_topics(registry.event_types), admin)
     if report.created:
         log.info("created topics: %s", ", ".join(report.created))
     for drift in report.drift:
         log.warning("topic drift: %s", drift)
-    app = create_app(settings)
+    app = create_app(settings, broker_count=len(admin.list_topics(timeout=10).brokers))
+    if settings.web_enabled:
+        # Analysts' read-only SQL on a separate read-only session (chDB: same engine, the
+        # only way in while this worker holds the data path). Opened on first request.
+        readonly = functools.cache(lambda: open_readonly_gateway(settings))
+        register_query_endpoint(app, readonly)
     if "ingest" in settings.agent_names:
         register_ingest_agent(app, settings, registry, KafkaHandoff(settings))
     if "lake" in settings.agent_names:
         register_lake_agent(app, settings, registry)
+    if settings.agent_names & {"score", "dlq"}:
+        # The worker owns ClickHouse (with chDB, no other process may open the data path):
+        # one client for the sinks and the read-only /sql endpoint.
+        gateway = ClickHouseGateway.open(settings)
+        if "dlq" in settings.agent_names:
+            register_dlq_agent(app, settings, gateway)
+        if "score" in settings.agent_names:
+            register_score_agent(app, settings, gateway)
     if settings.nightly_cron:
         # On the leader only: one nightly run per group, not one per worker.
         app.crontab(settings.nightly_cron, on_leader=True)(nightly_job(settings))

@@ -1,20 +1,19 @@
 """The ingestion agent: raw topics → (valid topic per event type | dead-letter topic).
 
 All logic is in ``streams.ingest`` (pure) and ``streams.sinks.handoff`` (Kafka). This
-agent batches, converts faust messages to RawRecords, and awaits the hand-off before
-the batch's events are acknowledged (faust's ``take_events`` acks after the body runs).
+agent turns a consumed batch into RawRecords, runs ``ingest_batch`` and awaits the
+hand-off's acknowledgements; only then does ``BatchAgent`` store the batch's offsets.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import faust
+from confluent_kafka import Message
 
-from streams.errors import StreamscoreError
+from streams.agents.batching import BatchAgent, timestamp_ms
 from streams.ingest import Limits, RawRecord, ingest_batch
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
@@ -23,27 +22,21 @@ from streams.topics import raw_topics
 
 log = logging.getLogger("streams.agents.ingest")
 
-# Exit code when a hand-off fails: the process stops before faust acks the batch, so
-# the committed offsets never pass an event that was not delivered.
+# Exit code when a hand-off fails: the process stops before the batch's offsets are
+# stored, so the committed offsets never pass an event that was not delivered.
 EXIT_HANDOFF_FAILED = 70
 
 
-def to_raw_record(message: Any) -> RawRecord:
-    """A faust ConsumerMessage as a RawRecord (no copies of the bytes)."""
-    headers = message.headers
-    if headers is None:
-        headers = ()
-    elif isinstance(headers, dict):
-        headers = tuple(headers.items())
-    timestamp = message.timestamp
+def to_raw_record(message: Message) -> RawRecord:
+    """A confluent-kafka message as a RawRecord (no copies of the bytes)."""
     return RawRecord(
-        message.topic,
-        message.partition,
-        message.offset,
-        int(timestamp * 1000) if timestamp is not None else -1,
-        message.key,
-        message.value,
-        headers,
+        str(message.topic()),
+        int(message.partition() or 0),
+        int(message.offset() or 0),
+        timestamp_ms(message),
+        message.key(),
+        message.value(),
+        tuple(message.headers() or ()),  # type: ignore[arg-type]
     )
 
 
@@ -52,39 +45,36 @@ def register_ingest_agent(
     settings: Settings,
     registry: SchemaRegistry,
     handoff: KafkaHandoff,
-) -> Any:
-    """Attach the ingestion agent to ``app``; returns the agent."""
-    topic = app.topic(
-        *raw_topics(settings),
-        key_serializer="raw",
-        value_serializer="raw",
-        allow_empty=True,  # tombstones are dead letters, not crashes
-    )
+) -> BatchAgent:
+    """Attach the ingestion agent to ``app``; returns it."""
     limits = Limits(settings.max_payload_bytes, settings.max_nesting_depth)
-    counts = {"valid": 0, "dead": 0, "batches": 0}
+    counts = {"valid": 0, "dead": 0}
 
-    async def ingest(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        # take_events is public faust API; faust's StreamT protocol just does not list it.
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-            settings.ingest_batch_size, within=settings.ingest_batch_seconds
-        ):
-            records: Sequence[RawRecord] = [to_raw_record(e.message) for e in events]
-            accepted, dead = ingest_batch(records, registry, limits)
-            try:
-                await handoff.deliver(accepted, dead)
-            except StreamscoreError as exc:
-                log.critical("hand-off failed, stopping before offsets move: %s", exc)
-                logging.shutdown()
-                os._exit(EXIT_HANDOFF_FAILED)
-            counts["valid"] += len(accepted)
-            counts["dead"] += len(dead)
-            counts["batches"] += 1
-            if dead:
-                log.info(
-                    "batch of %d: %d valid, %d to DLQ (%s)",
-                    len(records), len(accepted), len(dead),
-                    ", ".join(sorted({d.reason for d in dead})),
-                )  # fmt: skip
-            yield None
+    async def ingest(messages: Sequence[Message]) -> None:
+        records = [to_raw_record(m) for m in messages]
+        accepted, dead = ingest_batch(records, registry, limits)
+        await handoff.deliver(accepted, dead)
+        counts["valid"] += len(accepted)
+        counts["dead"] += len(dead)
+        if dead:
+            log.info(
+                "batch of %d: %d valid, %d to DLQ (%s)",
+                len(records), len(accepted), len(dead),
+                ", ".join(sorted({d.reason for d in dead})),
+            )  # fmt: skip
 
-    return app.agent(topic, name="ingest", concurrency=1)(ingest)
+    agent = BatchAgent(
+        settings,
+        "ingest",
+        raw_topics(settings),
+        ingest,
+        exit_code=EXIT_HANDOFF_FAILED,
+        batch_size=settings.ingest_batch_size,
+        batch_seconds=settings.ingest_batch_seconds,
+        # A DLQ'd 10 MB payload must still be fetchable.
+        consumer_config={"max.partition.fetch.bytes": 16 * 1024 * 1024},
+        loop=app.loop,
+        beacon=app.beacon,
+    )
+    app.add_dependency(agent)  # started and stopped with the app
+    return agent

@@ -34,7 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "model": ("streams.cli.model:model", "Train, list, verify, promote and roll back models."),
     "db": ("streams.cli.db:db", "ClickHouse: apply migrations, list tables and views."),
-    "sql": ("streams.cli.sql:sql", "Read-only SQL against ClickHouse (through the worker on chDB)."),
+    "sql": (
+        "streams.cli.sql:sql",
+        "Read-only SQL against ClickHouse (through the worker on chDB).",
+    ),
     "replay": ("streams.cli.replay:replay", "Re-score a range of offsets or times, no duplicates."),
     "dlq": ("streams.cli.dlq:dlq", "Inspect and re-drive dead letters."),
 }

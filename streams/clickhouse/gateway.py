@@ -1,23 +1,27 @@
 """One ClickHouse client shared by everything in a process, used from threads one call at a time.
 
-chDB lets only one process open a data path, so inside the worker the scoring sink, the
-dead-letter sink and the read-only query endpoint all go through this one client. The
-lock serialises calls (chDB's session is not safe for concurrent use); against a
-ClickHouse server the cost is the same single HTTP connection clickhouse-connect keeps.
-Blocking calls: run them with ``asyncio.to_thread`` from async code.
+chDB lets only one process open a data path, so inside the worker the scoring and
+dead-letter sinks go through this one client (the read-only query endpoint opens its
+own read-only session on the same engine: ``streams.web.query``). The lock serialises
+calls (chDB's session is not safe for concurrent use); against a ClickHouse server the
+cost is the same single HTTP connection clickhouse-connect keeps. Blocking calls: run
+them with ``asyncio.to_thread`` from async code.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from streams.clickhouse.client import connect, quote_identifier
 from streams.clickhouse.migrations import apply_migrations
 from streams.errors import SinkError
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
+    import pyarrow as pa
     from clickhouse_connect.driver.client import Client
     from clickhouse_connect.driver.query import QueryResult
 
@@ -65,6 +69,21 @@ class ClickHouseGateway:
                 )
         except Exception as exc:
             raise SinkError(f"insert into {self.database}.{table} failed: {exc}") from exc
+
+    def insert_arrow(
+        self, table: str, data: pa.Table, *, settings: Mapping[str, Any] | None = None
+    ) -> None:
+        """Insert an Arrow table (the fastest path: ~2.7M rows/s on chDB); SinkError on failure."""
+        try:
+            with self._lock:
+                self._client.insert_arrow(self.table(table), data, settings=dict(settings or {}))
+        except Exception as exc:
+            raise SinkError(f"insert into {self.database}.{table} failed: {exc}") from exc
+
+    def run(self, work: Callable[[Client], T]) -> T:
+        """``work(client)`` under the lock, for helpers written against a plain Client."""
+        with self._lock:
+            return work(self._client)
 
     def query(
         self,

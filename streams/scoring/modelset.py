@@ -27,7 +27,14 @@ from streams.scoring.registry import (
 )
 from streams.scoring.scorer import Scorer
 
-__all__ = ["Challenger", "ModelHolder", "ModelSet", "ScoredBatch", "traffic_buckets"]
+__all__ = [
+    "Challenger",
+    "ModelHolder",
+    "ModelScores",
+    "ModelSet",
+    "ScoredBatch",
+    "traffic_buckets",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,21 @@ class ScoredBatch:
 
     def decided_by_ids(self) -> list[str]:
         return [self.model_ids[i] for i in self.decided_by]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelScores:
+    """One model's own scores and decisions for every row of a batch.
+
+    ``decided`` marks the rows where this model's decision is the one acted on: the
+    champion's everywhere except its canaries' slices. Exactly one model decides a row.
+    """
+
+    model_id: str
+    role: str  # champion, shadow or canary
+    scores: NDArray[np.float32]
+    decisions: Decisions
+    decided: NDArray[np.bool_]
 
 
 class ModelSet:
@@ -141,6 +163,46 @@ class ModelSet:
                 decisions.human_review[rows] = theirs.human_review
                 decided_by[rows] = index
         return ScoredBatch(scores, decisions, decided_by, self.model_ids, extra)
+
+    def score_each(self, event_ids: Sequence[str], x: NDArray[Any]) -> list[ModelScores]:
+        """Every model's scores on the same rows, champion first; canaries take their slices."""
+        prepared = self.champion.prepare(x)
+        if len(event_ids) != prepared.shape[0]:
+            raise ModelError(f"{len(event_ids)} event ids for a batch of {prepared.shape[0]} rows")
+        champion_scores = self.champion.score(prepared)
+        champion_decides = np.ones(len(champion_scores), dtype=np.bool_)
+        out = [
+            ModelScores(
+                self.champion.model_id,
+                "champion",
+                champion_scores,
+                decide(champion_scores, self.champion.metadata.thresholds),
+                champion_decides,
+            )
+        ]
+        buckets = (
+            traffic_buckets(event_ids)
+            if any(c.role == "canary" for c in self.challengers)
+            else None
+        )
+        start = 0.0
+        for c in self.challengers:
+            scores = c.scorer.score(prepared)
+            decided = np.zeros(len(scores), dtype=np.bool_)
+            if c.role == "canary" and buckets is not None:
+                decided = (buckets >= start) & (buckets < start + c.share)
+                start += c.share
+                champion_decides &= ~decided
+            out.append(
+                ModelScores(
+                    c.scorer.model_id,
+                    c.role,
+                    scores,
+                    decide(scores, c.scorer.metadata.thresholds),
+                    decided,
+                )
+            )
+        return out
 
 
 class ModelHolder:

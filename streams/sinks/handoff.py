@@ -123,10 +123,16 @@ class KafkaHandoff:
         produce, callback = self._producer.produce, self._on_delivery
         for item in accepted:
             record = item.record
+            key = record.key
+            if key is None:
+                # Key by the schema's key field so every copy of an event (a re-delivery
+                # after a crash) lands on the same partition as the first.
+                value = item.event.get(item.schema.key_field)
+                key = str(value).encode() if value is not None else None
             self._produce(
                 produce,
                 self._valid_topic(item.schema.event_type),
-                record.key,
+                key,
                 record.value,
                 handoff_headers(item, now_ms),
                 callback,
@@ -166,7 +172,9 @@ class KafkaHandoff:
                 "offsets not committed"
             )
 
-    async def deliver(self, accepted: Sequence[Accepted], dead: Sequence[DeadLetter]) -> None:
+    async def deliver(
+        self, accepted: Sequence[Accepted], dead: Sequence[DeadLetter], stage: str = "ingest"
+    ) -> None:
         """Produce and wait for acks without blocking the event loop."""
-        self.produce(accepted, dead)
+        self.produce(accepted, dead, stage)
         await asyncio.to_thread(self.flush)

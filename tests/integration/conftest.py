@@ -67,8 +67,17 @@ def settings(broker_settings: Settings) -> Settings:
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a worker process holding exactly these settings."""
-    env = {**os.environ, **settings.to_env(STREAMSCORE_LOG_LEVEL="info", PYTHONUNBUFFERED="1")}
+    """The environment of a worker process holding exactly these settings.
+
+    Workers run ingestion and the lake unless a test asks for more (scoring needs a
+    nightly run and a champion model first).
+    """
+    env = {
+        **os.environ,
+        **settings.to_env(
+            STREAMSCORE_LOG_LEVEL="info", PYTHONUNBUFFERED="1", STREAMSCORE_AGENTS="ingest,lake"
+        ),
+    }
     env.update(extra)
     return env
 

@@ -4,6 +4,8 @@
 --     makes ClickHouse drop a re-sent block on this non-replicated MergeTree;
 --   * ReplacingMergeTree folds any row that still slips through at merge time
 --     (query with FINAL for exact counts before merges).
+-- Partitioned by the day a batch was scored (one value per insert), so each batch's
+-- insert is a single part and lands atomically: all of it or none of it.
 create table if not exists {database}.predictions (
     event_id String,
     event_time DateTime64(3, 'UTC'),
@@ -34,7 +36,7 @@ create table if not exists {database}.predictions (
     model_ms Float32,
     produced_at DateTime64(3, 'UTC'),         -- raw record's Kafka timestamp
     ingested_at DateTime64(3, 'UTC'),
-    scored_at DateTime64(3, 'UTC'),
+    scored_at DateTime64(3, 'UTC'),          -- one value per batch
     inserted_at DateTime64(3, 'UTC') default now64(3),  -- when the row became queryable
     topic LowCardinality(String),             -- raw source coordinates
     partition UInt16,
@@ -44,7 +46,7 @@ create table if not exists {database}.predictions (
     worker_id LowCardinality(String),
     run LowCardinality(String)                -- 'live' or the replay id
 ) engine = ReplacingMergeTree
-partition by toYYYYMMDD(event_time)
+partition by toYYYYMMDD(scored_at)
 order by (topic, partition, offset, model_version)
 settings non_replicated_deduplication_window = 10000;
 
@@ -66,9 +68,10 @@ create table if not exists {database}.dlq_events (
     dlq_partition UInt16,
     dlq_offset UInt64,
     worker_id LowCardinality(String),
+    sunk_at DateTime64(3, 'UTC'),             -- one value per batch (atomic inserts)
     inserted_at DateTime64(3, 'UTC') default now64(3)
 ) engine = ReplacingMergeTree
-partition by toYYYYMMDD(dead_at)
+partition by toYYYYMMDD(sunk_at)
 order by (topic, partition, offset)
 settings non_replicated_deduplication_window = 10000;
 

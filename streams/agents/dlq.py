@@ -1,0 +1,175 @@
+"""The dead-letter agent: the DLQ topic → ClickHouse ``dlq_events``, each dead letter once.
+
+Dead letters are rare, so each batch asks ClickHouse which of its raw coordinates are
+already stored and inserts the rest (with a deduplication token as a second guard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import pyarrow as pa
+from confluent_kafka import Message
+
+from streams.agents.batching import BatchAgent, now_ms, timestamp_ms
+from streams.clickhouse.gateway import ClickHouseGateway
+from streams.headers import (
+    DLQ_ERROR_CLASS,
+    DLQ_ERROR_MESSAGE,
+    DLQ_ERROR_PATHS,
+    DLQ_SCHEMA_ID,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_TIMESTAMP,
+    DLQ_SOURCE_TOPIC,
+    DLQ_STAGE,
+    DLQ_TIME,
+    DLQ_WORKER_ID,
+    EVENT_TYPE,
+)
+from streams.settings import Settings
+from streams.sinks.clickhouse import DeadLetterSink, dedup_token
+from streams.topics import dlq_topic
+
+log = logging.getLogger("streams.agents.dlq")
+
+EXIT_DLQ_SINK_FAILED = 73
+_TS = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDeadLetter:
+    """One DLQ record as a ``dlq_events`` row."""
+
+    topic: str
+    partition: int
+    offset: int
+    produced_at_ms: int
+    dead_at_ms: int
+    stage: str
+    reason: str
+    message: str
+    paths: list[str]
+    schema_id: str
+    event_type: str
+    key: bytes
+    payload: bytes
+    dlq_partition: int
+    dlq_offset: int
+    worker_id: str
+
+    @property
+    def source(self) -> tuple[str, int, int]:
+        return self.topic, self.partition, self.offset
+
+
+def _int(value: str, default: int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return default
+
+
+def to_stored(message: Message) -> StoredDeadLetter:
+    """Read a dead letter's headers; a record without them keeps its DLQ coordinates."""
+    pairs: list[tuple[str, object]] = list(message.headers() or ())  # type: ignore[arg-type]
+    headers = {
+        k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "") for k, v in pairs
+    }
+    partition, offset = int(message.partition() or 0), int(message.offset() or 0)
+    paths_text = headers.get(DLQ_ERROR_PATHS, "[]")
+    try:
+        paths = [str(p) for p in orjson.loads(paths_text)]
+    except orjson.JSONDecodeError:
+        paths = [paths_text]
+    return StoredDeadLetter(
+        topic=headers.get(DLQ_SOURCE_TOPIC) or str(message.topic()),
+        partition=_int(headers.get(DLQ_SOURCE_PARTITION, ""), partition),
+        offset=_int(headers.get(DLQ_SOURCE_OFFSET, ""), offset),
+        produced_at_ms=_int(headers.get(DLQ_SOURCE_TIMESTAMP, ""), timestamp_ms(message)),
+        dead_at_ms=_int(headers.get(DLQ_TIME, ""), timestamp_ms(message)),
+        stage=headers.get(DLQ_STAGE, ""),
+        reason=headers.get(DLQ_ERROR_CLASS, "unknown"),
+        message=headers.get(DLQ_ERROR_MESSAGE, ""),
+        paths=paths,
+        schema_id=headers.get(DLQ_SCHEMA_ID, ""),
+        event_type=headers.get(EVENT_TYPE, ""),
+        key=message.key() or b"",
+        payload=message.value() or b"",
+        dlq_partition=partition,
+        dlq_offset=offset,
+        worker_id=headers.get(DLQ_WORKER_ID, ""),
+    )
+
+
+def dead_letter_rows(letters: Sequence[StoredDeadLetter], sunk_at_ms: int) -> pa.Table:
+    """``dlq_events`` rows; ``sunk_at`` is one value per batch (one part, atomic insert)."""
+
+    def col(name: str, dtype: pa.DataType) -> pa.Array:
+        return pa.array([getattr(d, name) for d in letters], type=dtype)
+
+    return pa.table(
+        {
+            "topic": col("topic", pa.string()),
+            "partition": col("partition", pa.uint16()),
+            "offset": col("offset", pa.uint64()),
+            "produced_at": col("produced_at_ms", pa.int64()).cast(_TS),
+            "dead_at": col("dead_at_ms", pa.int64()).cast(_TS),
+            "stage": col("stage", pa.string()),
+            "reason": col("reason", pa.string()),
+            "message": col("message", pa.string()),
+            "paths": col("paths", pa.list_(pa.string())),
+            "schema_id": col("schema_id", pa.string()),
+            "event_type": col("event_type", pa.string()),
+            "key": col("key", pa.binary()),
+            "payload": col("payload", pa.binary()),
+            "dlq_partition": col("dlq_partition", pa.uint16()),
+            "dlq_offset": col("dlq_offset", pa.uint64()),
+            "worker_id": col("worker_id", pa.string()),
+            "sunk_at": pa.array([sunk_at_ms] * len(letters), type=pa.int64()).cast(_TS),
+        }
+    )
+
+
+def register_dlq_agent(app: object, settings: Settings, gateway: ClickHouseGateway) -> BatchAgent:
+    """Attach the dead-letter agent to the faust ``app``; returns it."""
+    import faust
+
+    assert isinstance(app, faust.App)
+    sink = DeadLetterSink(gateway, dedup=settings.sink_dedup)
+    topic = dlq_topic(settings)
+
+    async def store(messages: Sequence[Message]) -> None:
+        letters = [to_stored(m) for m in messages]
+        if sink.dedup:
+            present = await asyncio.to_thread(sink.existing_sources, [d.source for d in letters])
+            seen: set[tuple[str, int, int]] = set(present)
+            fresh = []
+            for d in letters:
+                if d.source not in seen:
+                    seen.add(d.source)
+                    fresh.append(d)
+            letters = fresh
+        if not letters:
+            return
+        token = dedup_token(topic, ((d.dlq_partition, d.dlq_offset) for d in letters), ["dlq"])
+        await asyncio.to_thread(sink.write, dead_letter_rows(letters, now_ms()), token)
+
+    agent = BatchAgent(
+        settings,
+        "dlq",
+        [topic],
+        store,
+        exit_code=EXIT_DLQ_SINK_FAILED,
+        batch_size=5000,
+        batch_seconds=0.2,
+        consumer_config={"max.partition.fetch.bytes": 16 * 1024 * 1024},
+        loop=app.loop,
+        beacon=app.beacon,
+    )
+    app.add_dependency(agent)
+    return agent

@@ -1,0 +1,336 @@
+"""The scoring agent: valid events → features → every model → ClickHouse, predictions, review.
+
+Per batch (bounded by ``score_batch_size`` and ``score_batch_seconds``):
+
+1. drop copies already written (``SourceMarks``, loaded from ClickHouse on assignment);
+2. decode, look up features, score with the champion and every challenger, decide
+   (``streams.scoring.pipeline``, pure, run in a thread);
+3. insert the rows into ClickHouse with a deterministic deduplication token, and wait;
+4. send one message per event to the predictions topic and the low-confidence ones, with
+   full context, to the review topic, and wait for the broker's acks;
+5. return, and only then does ``BatchAgent`` store the batch's offsets.
+
+A failure in 3 or 4 exits the process (code 72) before offsets move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from confluent_kafka import Message
+
+from streams.agents.batching import BatchAgent, now_ms, timestamp_ms
+from streams.clickhouse.gateway import ClickHouseGateway
+from streams.errors import DeliveryError
+from streams.features.online import OnlineFeatures
+from streams.features.runs import NightlyRun, latest_successful_run
+from streams.headers import (
+    INGESTED_AT,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TIMESTAMP,
+    SOURCE_TOPIC,
+)
+from streams.ingest import DeadLetter, RawRecord
+from streams.kafka import make_producer
+from streams.scoring.modelset import ModelHolder, ModelSet
+from streams.scoring.pipeline import (
+    DecodedBatch,
+    ScoredEvents,
+    ValidEvent,
+    decode_events,
+    input_columns,
+    prediction_messages,
+    review_messages,
+    score_events,
+)
+from streams.scoring.registry import registry_path
+from streams.settings import Settings
+from streams.sinks.clickhouse import PredictionsSink, SourceMarks, dedup_token
+from streams.sinks.handoff import KafkaHandoff
+from streams.topics import PREDICTIONS, REVIEW, topic_name, valid_topic
+
+log = logging.getLogger("streams.agents.score")
+
+EXIT_SINK_FAILED = 72
+UNDECODABLE = "undecodable"
+RELOAD_EVERY_S = 30.0
+
+
+def to_valid_event(message: Message) -> ValidEvent:
+    """A valid-topic message with its raw source coordinates (its own when headers lack them)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    found: dict[str, bytes] = {}
+    for key, value in message.headers() or ():  # type: ignore[misc]
+        if key in _WANTED and isinstance(value, bytes):
+            found[key] = value
+    try:
+        source = (
+            found[SOURCE_TOPIC].decode(),
+            int(found[SOURCE_PARTITION]),
+            int(found[SOURCE_OFFSET]),
+        )
+    except (KeyError, ValueError):
+        source = (str(topic), int(partition or 0), int(offset or 0))
+    produced = int(found[SOURCE_TIMESTAMP]) if SOURCE_TIMESTAMP in found else timestamp_ms(message)
+    ingested = int(found[INGESTED_AT]) if INGESTED_AT in found else timestamp_ms(message)
+    return ValidEvent(
+        int(partition or 0),
+        int(offset or 0),
+        source,
+        produced,
+        ingested,
+        message.key(),
+        message.value() or b"",
+    )
+
+
+_WANTED = frozenset((SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, SOURCE_TIMESTAMP, INGESTED_AT))
+
+
+def model_rows(models: ModelSet, settings: Settings) -> list[list[object]]:
+    """Rows for the ``models`` table: what a prediction's feature vector means, and its card."""
+    scorers = [models.champion, *(c.scorer for c in models.challengers)]
+    rows: list[list[object]] = []
+    for s in scorers:
+        meta = s.metadata
+        card = Path(settings.models_dir) / "artifacts" / f"{s.model_id}.card.md"
+        rows.append(
+            [
+                s.model_id,
+                meta.name,
+                settings.feature_service,
+                list(meta.feature_names),
+                meta.thresholds.to_dict(),
+                str(card),
+                meta.onnx_sha256,
+                s.provider,
+                settings.worker_id,
+            ]
+        )
+    return rows
+
+
+MODEL_COLUMNS = (
+    "model_version",
+    "model_name",
+    "feature_service",
+    "feature_names",
+    "thresholds",
+    "card_path",
+    "artifact_sha256",
+    "provider",
+    "worker_id",
+)
+
+
+class Scoring:
+    """Everything one scoring agent holds: features, models, sinks and dedup marks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        gateway: ClickHouseGateway,
+        *,
+        event_type: str = "transaction",
+        features: OnlineFeatures | None = None,
+        holder: ModelHolder | None = None,
+        run: str = "live",
+    ) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self.event_type = event_type
+        self.topic = valid_topic(settings, event_type)
+        self.run = run
+        self.features = features or OnlineFeatures(settings, latest_run=lambda: self._latest_run())
+        if features is None and not self.features.refresh_if_newer():
+            # refresh_if_newer is False when there is no successful run yet.
+            from streams.errors import FeatureError
+
+            raise FeatureError(
+                "no successful nightly feature run in ClickHouse "
+                f"({settings.clickhouse_url}): run `streamscore nightly` before scoring"
+            )
+        self.holder = holder or ModelHolder()
+        if not self.holder.loaded:
+            self.holder.swap(self._load_models)
+        self.sink = PredictionsSink(gateway, dedup=settings.sink_dedup)
+        self.marks = SourceMarks()
+        self.columns = input_columns(self.features.layout)
+        self.handoff = KafkaHandoff(settings)
+        self.producer = make_producer(settings, **{"linger.ms": 2})
+        self.predictions_topic = topic_name(settings, PREDICTIONS)
+        self.review_topic = topic_name(settings, REVIEW)
+        self._failures: list[str] = []
+        self._next_reload = time.monotonic() + RELOAD_EVERY_S
+        self._registry_mtime = self._registry_stamp()
+        self.counts = {"scored": 0, "review": 0, "copies_dropped": 0, "undecodable": 0}
+        self.record_models()
+
+    # -- models and features -------------------------------------------------------
+    def _latest_run(self) -> NightlyRun | None:
+        return self.gateway.run(
+            lambda client: latest_successful_run(
+                client, self.settings.clickhouse_database, self.settings.feature_service
+            )
+        )
+
+    def _load_models(self) -> ModelSet:
+        return ModelSet.from_registry(self.settings, self.features.layout.spec)
+
+    def _registry_stamp(self) -> float:
+        path = registry_path(self.settings.models_dir)
+        return path.stat().st_mtime if path.exists() else 0.0
+
+    def record_models(self) -> None:
+        self.gateway.insert_columns(
+            "models",
+            list(zip(*model_rows(self.holder.current, self.settings), strict=True)),
+            MODEL_COLUMNS,
+        )
+
+    def maybe_reload(self) -> None:
+        """Every 30 s: a newer nightly run swaps features; a changed registry swaps models."""
+        if time.monotonic() < self._next_reload:
+            return
+        self._next_reload = time.monotonic() + RELOAD_EVERY_S
+        try:
+            if self.features.refresh_if_newer():
+                log.info("features now from nightly run %s", self.features.run_id)
+        except Exception as exc:  # keep serving the loaded run
+            log.error("feature refresh failed, keeping run %s: %s", self.features.run_id, exc)
+        stamp = self._registry_stamp()
+        if stamp != self._registry_mtime:
+            self._registry_mtime = stamp
+            try:
+                self.holder.swap(self._load_models)
+                self.record_models()
+            except Exception as exc:  # ModelHolder keeps the old set
+                log.error("model reload failed: %s", exc)
+
+    # -- the batch -------------------------------------------------------------------
+    async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
+        mine = [p for t, p in partitions if t == self.topic]
+        for partition in mine:
+            if self.sink.dedup:
+                marks = await asyncio.to_thread(self.sink.live_marks, self.event_type, partition)
+            else:
+                marks = {}
+            self.marks.load(partition, marks)
+            log.info(
+                "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)
+            )
+
+    def prepare(
+        self, events: Sequence[ValidEvent], picked_up_ms: int
+    ) -> tuple[DecodedBatch, ScoredEvents | None]:
+        """The pure part, run in a thread: decode, features, models, rows."""
+        self.maybe_reload()
+        decoded = decode_events(events, self.columns)
+        if not decoded.events:
+            return decoded, None
+        scored = score_events(
+            decoded,
+            self.features,
+            self.holder.current,
+            run=self.run,
+            worker_id=self.settings.worker_id,
+            picked_up_ms=picked_up_ms,
+        )
+        return decoded, scored
+
+    async def handle(self, messages: Sequence[Message]) -> None:
+        picked_up = now_ms()
+        events = [to_valid_event(m) for m in messages]
+        if self.sink.dedup:
+            keep = self.marks.select(events)
+            if len(keep) < len(events):
+                self.counts["copies_dropped"] += len(events) - len(keep)
+                events = [events[i] for i in keep]
+        if not events:
+            return
+        decoded, scored = await asyncio.to_thread(self.prepare, events, picked_up)
+        if decoded.failed:
+            await self.dead_letters(decoded.failed)
+        if scored is None:
+            return
+        versions = [m.model_id for m in scored.models]
+        token = dedup_token(
+            self.topic, ((e.handoff_partition, e.handoff_offset) for e in decoded.events), versions
+        )
+        await asyncio.to_thread(self.sink.write, scored.predictions, token)
+        names = self.holder.current.champion.metadata.feature_names
+        self.send(self.predictions_topic, prediction_messages(decoded, scored))
+        review = review_messages(decoded, scored, names)
+        self.send(self.review_topic, review)
+        await asyncio.to_thread(self.flush)
+        self.counts["scored"] += scored.n_events
+        self.counts["review"] += len(review)
+
+    async def dead_letters(self, failed: Sequence[tuple[ValidEvent, str]]) -> None:
+        letters = [
+            DeadLetter(
+                RawRecord(e.source[0], e.source[1], e.source[2], e.produced_at_ms, e.key, e.value),
+                UNDECODABLE,
+                why,
+            )
+            for e, why in failed
+        ]
+        self.counts["undecodable"] += len(letters)
+        log.warning("%d events could not be decoded for scoring; sent to the DLQ", len(letters))
+        await self.handoff.deliver([], letters, stage="score")
+
+    def send(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+        produce = self.producer.produce
+        for key, value in messages:
+            while True:
+                try:
+                    produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+
+    def _on_delivery(self, err: object, msg: Message) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def flush(self, timeout: float = 120.0) -> None:
+        remaining = self.producer.flush(timeout)
+        failures, self._failures = self._failures, []
+        if remaining or failures:
+            raise DeliveryError(
+                f"predictions/review: {remaining} unacknowledged, {len(failures)} failed "
+                f"({'; '.join(failures[:3])}); offsets not stored"
+            )
+
+
+def register_score_agent(
+    app: object,
+    settings: Settings,
+    gateway: ClickHouseGateway,
+    scoring: Callable[[], Scoring] | None = None,
+) -> BatchAgent:
+    """Attach the scoring agent to the faust ``app``; returns it."""
+    import faust
+
+    assert isinstance(app, faust.App)
+    state = scoring() if scoring else Scoring(settings, gateway)
+    agent = BatchAgent(
+        settings,
+        "score",
+        [state.topic],
+        state.handle,
+        exit_code=EXIT_SINK_FAILED,
+        batch_size=settings.score_batch_size,
+        batch_seconds=settings.score_batch_seconds,
+        on_assigned=state.on_assigned,
+        loop=app.loop,
+        beacon=app.beacon,
+    )
+    agent.scoring = state  # type: ignore[attr-defined]
+    app.add_dependency(agent)
+    return agent
