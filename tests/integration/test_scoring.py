@@ -63,7 +63,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         n_estimators=30,
         shadow_kind="mlp",
     )
-    bootstrap(settings, config)
+    report = bootstrap(settings, config)
+    # A third model, trained but not serving, for replays with another version.
+    from datetime import timedelta
+
+    from streams.features.registry import load_feature_service
+    from streams.features.training import build_training_set
+    from streams.scoring.training import import_training_package
+    from streams.settings import project_root
+
+    models = import_training_package(project_root() / "models")
+    first = report.today - timedelta(days=config.train_days + config.label_lag_days)
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    table = build_training_set(settings, start, start + timedelta(days=config.train_days))
+    spec = load_feature_service(settings, settings.feature_service)
+    alt = models.TrainConfig(kind="lightgbm", version="alt", n_estimators=10)
+    models.train(spec, table, settings.models_dir / "artifacts", alt)
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -361,3 +376,119 @@ def test_sigkill_many_times_gives_exactly_one_row_per_event_and_model(
         assert count == unique == 2 * len(valid)
     else:
         assert count > unique, "without deduplication the kills should have left duplicates"
+
+
+def test_replay_twice_adds_nothing_and_another_model_adds_one_row_per_event(
+    scoring_settings: Settings, start_scorer: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    from streams.clickhouse.gateway import ClickHouseGateway
+    from streams.replay import replay
+
+    settings = scoring_settings
+    landed = publish(settings, records(600, invalid_fraction=0.05, seed=14))
+    valid = {c for c, r in landed.items() if r.expected == "accepted"}
+    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score")
+    wait_for_predictions(settings, valid, timeout=180, worker=worker)
+    stop(worker)
+    before = query(settings, "select count() from {db}.predictions")[0][0]
+    assert before == 2 * len(valid)
+
+    everything = {"from_time": datetime(2000, 1, 1, tzinfo=UTC)}
+    gateway = ClickHouseGateway.open(settings)
+    try:
+        topic = raw_topic(settings)
+        _, same, _ = replay(settings, gateway, everything, topic=topic)
+        _, again, _ = replay(settings, gateway, everything, topic=topic)
+        _, alt, alt_run = replay(
+            settings, gateway, everything, topic=topic, model="fraud_lightgbm-alt"
+        )
+        _, alt_again, _ = replay(
+            settings, gateway, everything, topic=topic, model="fraud_lightgbm-alt"
+        )
+    finally:
+        gateway.close()
+    assert same.read == again.read == len(landed)
+    assert same.rows_written == again.rows_written == 0
+    assert same.rows_present == 2 * len(valid)
+    assert sum(same.invalid.values()) == len(landed) - len(valid)
+    assert alt.rows_written == alt.scored == len(valid)
+    assert alt_again.rows_written == 0
+    rows = query(
+        settings,
+        "select count(), uniqExact(topic, partition, offset, model_version), "
+        f"countIf(run = '{alt_run}') from {{db}}.predictions",
+    )[0]
+    assert rows == (3 * len(valid), 3 * len(valid), len(valid))
+
+
+def test_replay_range_by_offsets_reads_only_that_range(
+    scoring_settings: Settings, start_scorer: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    from confluent_kafka import TopicPartition
+
+    from streams.replay import resolve_range
+
+    settings = scoring_settings
+    landed = publish(settings, records(300, invalid_fraction=0.0, seed=15))
+    topic = raw_topic(settings)
+    consumer = make_consumer(settings, f"reader-{uuid.uuid4().hex[:8]}")
+    try:
+        span = resolve_range(consumer, topic, from_offsets={0: 5, 2: 0}, to_offsets={0: 9})
+        high0 = consumer.get_watermark_offsets(TopicPartition(topic, 0))[1]
+        high2 = consumer.get_watermark_offsets(TopicPartition(topic, 2))[1]
+        assert dict(span.start) == {0: 5, 2: 0}
+        assert dict(span.end) == {0: min(10, high0), 2: high2}
+        from streams.replay import read_range
+
+        got = [(r.partition, r.offset) for batch in read_range(consumer, span) for r in batch]
+    finally:
+        consumer.close()
+    want = sorted((p, o) for (_, p, o) in landed if (p == 0 and 5 <= o <= 9) or p == 2)
+    assert sorted(got) == want
+
+
+def test_dlq_replay_scores_dead_letters_that_now_pass_once(
+    scoring_settings: Settings, start_scorer: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """A dead letter whose bytes now validate (as after a schema fix) is scored once, under
+    its original raw coordinates; one still invalid is counted and left alone."""
+    from streams.clickhouse.gateway import ClickHouseGateway
+    from streams.headers import (
+        DLQ_ERROR_CLASS,
+        DLQ_SOURCE_OFFSET,
+        DLQ_SOURCE_PARTITION,
+        DLQ_SOURCE_TIMESTAMP,
+        DLQ_SOURCE_TOPIC,
+    )
+    from streams.replay import redrive
+    from streams.topics import dlq_topic
+
+    settings = scoring_settings
+    items = records(40, invalid_fraction=0.0, seed=16)
+    producer = make_producer(settings)
+    raw = raw_topic(settings)
+    for i, item in enumerate(items):
+        value = item.value if i < 30 else b'{"event_type": "transaction", "broken": true}'
+        headers = [
+            (DLQ_SOURCE_TOPIC, raw.encode()),
+            (DLQ_SOURCE_PARTITION, b"0"),
+            (DLQ_SOURCE_OFFSET, str(1000 + i).encode()),
+            (DLQ_SOURCE_TIMESTAMP, str(int(time.time() * 1000)).encode()),
+            (DLQ_ERROR_CLASS, b"schema_violation"),
+        ]
+        producer.produce(dlq_topic(settings), value=value, key=item.key, headers=headers)
+    assert producer.flush(30) == 0
+
+    everything = {"from_time": datetime(2000, 1, 1, tzinfo=UTC)}
+    gateway = ClickHouseGateway.open(settings)
+    try:
+        _, first, _ = redrive(settings, gateway, everything)
+        _, second, _ = redrive(settings, gateway, everything)
+    finally:
+        gateway.close()
+    assert first.read == second.read == 40
+    assert first.scored == 30 and first.rows_written == 60  # champion + shadow
+    assert first.invalid == {"schema_violation": 10}
+    assert second.rows_written == 0 and second.rows_present == 60
+    offsets = query(settings, "select min(offset), max(offset), count() from {db}.predictions")
+    assert offsets == [(1000, 1029, 60)]
