@@ -1,0 +1,85 @@
+"""Structured logs: one JSON object per line, with the worker's id and any ``extra=`` fields.
+
+faust (through mode) configures logging itself when the worker starts and clears the
+root handlers first, so a handler installed beforehand is lost. Hand it this module's
+:func:`logging_config` instead: ``faust.Worker(app, logging_config=logging_config(...))``
+applies it with ``logging.config.dictConfig`` in place of its coloured console handler.
+:func:`configure_json_logging` applies the same config directly (CLI, tests, scripts).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+
+__all__ = ["JsonFormatter", "configure_json_logging", "logging_config"]
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line: time (UTC, ISO 8601, ms), level, logger, message,
+    worker_id, the ``extra=`` fields (``event_id``, ``batch_id``, ...) and, when there is
+    one, the exception's traceback as ``exception``."""
+
+    def __init__(self, worker_id: str = "") -> None:
+        super().__init__()
+        self.worker_id = worker_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, tz=UTC)
+        entry: dict[str, Any] = {
+            "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "worker_id": self.worker_id,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_") and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        # default=str: an extra value orjson cannot write (a Path, a Decimal) is logged as
+        # text rather than losing the line.
+        return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def logging_config(
+    level: str | int, worker_id: str, stream: str = "ext://sys.stderr"
+) -> dict[str, Any]:
+    """A ``dictConfig`` dict: the root logger writes JSON lines to ``stream`` at ``level``."""
+    level_name = logging.getLevelName(level) if isinstance(level, int) else level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,  # loggers made at import time keep working
+        "formatters": {"json": {"()": JsonFormatter, "worker_id": worker_id}},
+        "handlers": {
+            "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": stream}
+        },
+        "root": {"level": level_name, "handlers": ["json"]},
+    }
+
+
+def configure_json_logging(
+    level: str | int, worker_id: str, stream: IO[str] | None = None
+) -> logging.Handler:
+    """Make the root logger write JSON lines (to ``stream``, default stderr); returns the
+    handler. Replaces the root's handlers; other loggers keep theirs."""
+    config = logging_config(level, worker_id)
+    logging.config.dictConfig(config)
+    handler = logging.getLogger().handlers[0]
+    if stream is not None and isinstance(handler, logging.StreamHandler):
+        handler.setStream(stream)
+    return handler

@@ -1,0 +1,433 @@
+"""The report's numbers: ClickHouse queries → frozen dataclasses, nothing rendered here.
+
+Every query covers live traffic (``run = 'live'``: replays re-score old events, and their
+latency means nothing) scored within ``[start, end)``, reads ``predictions FINAL`` so a
+re-delivered event counts once, and uses decided rows (one per event) unless it compares
+models. The champion is the model that decided most events in the window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from streams.clickhouse.client import quote_identifier
+from streams.errors import ModelError
+from streams.report.source import Rows, table_exists
+from streams.scoring.metadata import ModelMetadata
+
+DECISIONS = ("approve", "review", "decline")
+UNIFORM_BINS = 20
+PERCENTILES = (0.5, 0.9, 0.99)
+TOP_FEATURES = 6
+SCORE_FEATURE = "__score__"  # the drift code's pseudo-feature for the score
+# PSI rules of thumb, drawn on the drift charts.
+PSI_WATCH, PSI_ALERT = 0.1, 0.25
+_WINDOW = (
+    "run = 'live' and scored_at >= fromUnixTimestamp64Milli({start_ms:Int64}) "
+    "and scored_at < fromUnixTimestamp64Milli({end_ms:Int64})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreDistribution:
+    """Live score proportions of one model on the baseline's bins (``edges`` are the
+    interior cut points: bin 0 is below ``edges[0]``)."""
+
+    model_version: str
+    edges: tuple[float, ...]
+    live: tuple[float, ...]
+    baseline: tuple[float, ...] | None
+    events: int
+    psi: float | None
+    baseline_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class HourlyDecisions:
+    hours: tuple[str, ...]
+    counts: dict[str, tuple[int, ...]]  # decision → count per hour
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyRow:
+    """Percentiles of one latency, in milliseconds."""
+
+    name: str
+    what: str
+    p50: float
+    p90: float
+    p99: float
+
+
+@dataclass(frozen=True, slots=True)
+class HourlyLatency:
+    hours: tuple[str, ...]
+    p50: tuple[float | None, ...]
+    p99: tuple[float | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """A challenger against the champion on the same events."""
+
+    champion: str
+    challenger: str
+    role: str
+    events: int
+    agreement: float
+    confusion: dict[tuple[str, str], int]  # (champion decision, challenger decision) → events
+    champion_hist: tuple[float, ...]  # proportions on UNIFORM_BINS bins of [0, 1]
+    challenger_hist: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSeries:
+    model_version: str
+    feature: str
+    windows: tuple[str, ...]
+    psi: tuple[float, ...]
+    alerts: tuple[bool, ...]
+
+    @property
+    def peak(self) -> float:
+        """The highest PSI in the window (windows without a value skipped)."""
+        return max((p for p in self.psi if math.isfinite(p)), default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportData:
+    """Everything one report shows."""
+
+    start: datetime
+    end: datetime
+    database: str
+    events: int
+    declines: int
+    reviews: int
+    human_reviews: int
+    dead_letters: int
+    champion: str | None
+    scores: ScoreDistribution | None
+    decisions: HourlyDecisions
+    latency: tuple[LatencyRow, ...]
+    latency_hourly: HourlyLatency
+    comparisons: tuple[Comparison, ...]
+    drift_available: bool
+    drift: tuple[DriftSeries, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ---- helpers -------------------------------------------------------------------------
+
+
+def psi(live: Sequence[float], expected: Sequence[float], epsilon: float = 1e-4) -> float:
+    """Population stability index Σ (p − q) · ln(p / q), proportions floored at ``epsilon``."""
+    total = 0.0
+    for p, q in zip(live, expected, strict=True):
+        p, q = max(p, epsilon), max(q, epsilon)
+        total += (p - q) * math.log(p / q)
+    return total
+
+
+def proportions(counts: Sequence[int]) -> tuple[float, ...]:
+    total = sum(counts)
+    return tuple(c / total if total else 0.0 for c in counts)
+
+
+def hours_between(start: datetime, end: datetime) -> list[str]:
+    """Every hour label (``YYYY-mm-dd HH:00``, UTC) from ``start``'s hour to ``end``'s."""
+    hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    out = []
+    while hour < end:
+        out.append(f"{hour:%Y-%m-%d %H:00}")
+        hour += timedelta(hours=1)
+    return out
+
+
+def load_baseline(
+    models_dir: Path, model_version: str, card_path: str | None
+) -> tuple[tuple[float, ...], tuple[float, ...], str] | None:
+    """The champion's training score baseline ``(edges, proportions, sidecar path)`` from
+    ``<models_dir>/artifacts/<model_version>.json`` (or next to its card); None without one."""
+    candidates = [models_dir / "artifacts" / f"{model_version}.json"]
+    if card_path:
+        candidates.append(Path(card_path.removesuffix(".card.md") + ".json"))
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            meta = ModelMetadata.read(path)
+        except ModelError:
+            continue
+        if meta.score_baseline is not None:
+            return meta.score_baseline.edges, meta.score_baseline.proportions, str(path)
+    return None
+
+
+# ---- queries -------------------------------------------------------------------------
+
+
+def collect(
+    rows: Rows,
+    database: str,
+    models_dir: Path,
+    start: datetime,
+    end: datetime,
+) -> ReportData:
+    """Run every report query for ``[start, end)`` and shape the results."""
+    db = quote_identifier(database)
+    window = {"start_ms": int(start.timestamp() * 1000), "end_ms": int(end.timestamp() * 1000)}
+    notes: list[str] = []
+
+    totals = rows(
+        "select count() as events, countIf(decision = 'decline') as declines, "  # noqa: S608 - checked identifier
+        "countIf(decision = 'review') as reviews, countIf(human_review) as human_reviews "
+        f"from {db}.predictions final where decided and {_WINDOW}",
+        window,
+    )[0]
+    dead = rows(
+        f"select count() as n from {db}.dlq_events final "  # noqa: S608 - checked identifier
+        "where sunk_at >= fromUnixTimestamp64Milli({start_ms:Int64}) "
+        "and sunk_at < fromUnixTimestamp64Milli({end_ms:Int64})",
+        window,
+    )[0]
+    champions = rows(
+        "select toString(model_version) as model_version, count() as n "  # noqa: S608 - checked identifier
+        f"from {db}.predictions final where model_role = 'champion' and {_WINDOW} "
+        "group by model_version order by n desc limit 1",
+        window,
+    )
+    champion = str(champions[0]["model_version"]) if champions else None
+
+    drift_available = table_exists(rows, database, "drift_stats")
+    scores = None
+    if champion is not None:
+        scores = _score_distribution(rows, db, models_dir, champion, window)
+        if scores.baseline is None:
+            notes.append(
+                f"no training score baseline for {champion} in {models_dir}/artifacts: "
+                "its live distribution is shown on uniform bins"
+            )
+
+    return ReportData(
+        start=start,
+        end=end,
+        database=database,
+        events=int(totals["events"]),
+        declines=int(totals["declines"]),
+        reviews=int(totals["reviews"]),
+        human_reviews=int(totals["human_reviews"]),
+        dead_letters=int(dead["n"]),
+        champion=champion,
+        scores=scores,
+        decisions=_decisions(rows, db, window, start, end),
+        latency=_latency(rows, db, window),
+        latency_hourly=_latency_hourly(rows, db, window, start, end),
+        comparisons=_comparisons(rows, db, window),
+        drift_available=drift_available,
+        drift=_drift(rows, db, window, champion) if drift_available else (),
+        notes=tuple(notes),
+    )
+
+
+def _score_distribution(
+    rows: Rows, db: str, models_dir: Path, champion: str, window: dict[str, Any]
+) -> ScoreDistribution:
+    cards = rows(
+        f"select card_path from {db}.models final where model_version = {{v:String}}",  # noqa: S608 - checked identifier
+        {"v": champion},
+    )
+    found = load_baseline(models_dir, champion, str(cards[0]["card_path"]) if cards else None)
+    if found is None:
+        edges = tuple(i / UNIFORM_BINS for i in range(1, UNIFORM_BINS))
+        baseline, source = None, ""
+    else:
+        edges, baseline, source = found
+    binned = rows(
+        "select arrayCount(e -> e <= score, {edges:Array(Float64)}) as bin, count() as n "  # noqa: S608 - checked identifier
+        f"from {db}.predictions final where model_version = {{v:String}} "
+        f"and not isNaN(score) and {_WINDOW} group by bin",
+        {**window, "edges": list(edges), "v": champion},
+    )
+    counts = [0] * (len(edges) + 1)
+    for row in binned:
+        counts[int(row["bin"])] += int(row["n"])
+    live = proportions(counts)
+    events = sum(counts)
+    return ScoreDistribution(
+        model_version=champion,
+        edges=edges,
+        live=live,
+        baseline=baseline,
+        events=events,
+        psi=psi(live, baseline) if baseline is not None and events > 0 else None,
+        baseline_source=source,
+    )
+
+
+def _decisions(
+    rows: Rows, db: str, window: dict[str, Any], start: datetime, end: datetime
+) -> HourlyDecisions:
+    found = rows(
+        "select formatDateTime(toStartOfHour(scored_at), '%Y-%m-%d %H:00', 'UTC') as hour, "  # noqa: S608 - checked identifier
+        "toString(decision) as decision, count() as n "
+        f"from {db}.predictions final where decided and {_WINDOW} "
+        "group by hour, decision order by hour",
+        window,
+    )
+    hours = hours_between(start, end)
+    index = {h: i for i, h in enumerate(hours)}
+    counts = {d: [0] * len(hours) for d in DECISIONS}
+    for row in found:
+        i = index.get(str(row["hour"]))
+        if i is not None and str(row["decision"]) in counts:
+            counts[str(row["decision"])][i] += int(row["n"])
+    return HourlyDecisions(tuple(hours), {d: tuple(c) for d, c in counts.items()})
+
+
+_MS = "toFloat64(toUnixTimestamp64Milli({b}) - toUnixTimestamp64Milli({a}))"
+_LATENCIES = (
+    (
+        "end_to_end",
+        "raw record produced → row queryable",
+        _MS.format(a="produced_at", b="inserted_at"),
+    ),
+    ("ingest", "produced → validated and handed off", _MS.format(a="produced_at", b="ingested_at")),
+    ("queue", "handed off → picked up by the scorer", "queue_ms"),
+    ("features", "feature lookup (per batch)", "feature_ms"),
+    ("model", "every model scored (per batch)", "model_ms"),
+    ("sink", "scored → row queryable in ClickHouse", _MS.format(a="scored_at", b="inserted_at")),
+)
+
+
+def _latency(rows: Rows, db: str, window: dict[str, Any]) -> tuple[LatencyRow, ...]:
+    levels = ", ".join(str(p) for p in PERCENTILES)
+    columns = ", ".join(f"quantiles({levels})({expr}) as {name}" for name, _, expr in _LATENCIES)
+    found = rows(
+        f"select {columns}, count() as n from {db}.predictions final where decided and {_WINDOW}",  # noqa: S608 - checked identifier, constant expressions
+        window,
+    )
+    if not found or not int(found[0]["n"]):
+        return ()
+    out = []
+    for name, what, _ in _LATENCIES:
+        q = [float(v) for v in found[0][name]]
+        out.append(LatencyRow(name, what, q[0], q[1], q[2]))
+    return tuple(out)
+
+
+def _latency_hourly(
+    rows: Rows, db: str, window: dict[str, Any], start: datetime, end: datetime
+) -> HourlyLatency:
+    expr = _LATENCIES[0][2]
+    found = rows(
+        "select formatDateTime(toStartOfHour(scored_at), '%Y-%m-%d %H:00', 'UTC') as hour, "  # noqa: S608 - checked identifier
+        f"quantiles(0.5, 0.99)({expr}) as q from {db}.predictions final "
+        f"where decided and {_WINDOW} group by hour order by hour",
+        window,
+    )
+    hours = hours_between(start, end)
+    by_hour = {str(r["hour"]): [float(v) for v in r["q"]] for r in found}
+    return HourlyLatency(
+        tuple(hours),
+        tuple(by_hour[h][0] if h in by_hour else None for h in hours),
+        tuple(by_hour[h][1] if h in by_hour else None for h in hours),
+    )
+
+
+def _comparisons(rows: Rows, db: str, window: dict[str, Any]) -> tuple[Comparison, ...]:
+    pairs = rows(
+        "with champion as ("  # noqa: S608 - checked identifier
+        "select topic, partition, offset, toString(model_version) as version, "
+        f"toString(decision) as decision from {db}.predictions final "
+        f"where model_role = 'champion' and {_WINDOW}), "
+        "challenger as ("
+        "select topic, partition, offset, toString(model_version) as version, "
+        "toString(model_role) as role, toString(decision) as decision "
+        f"from {db}.predictions final where model_role != 'champion' and {_WINDOW}) "
+        "select champion.version as champion, challenger.version as challenger, "
+        "challenger.role as role, champion.decision as champion_decision, "
+        "challenger.decision as challenger_decision, count() as n "
+        "from challenger inner join champion on challenger.topic = champion.topic "
+        "and challenger.partition = champion.partition and challenger.offset = champion.offset "
+        "group by champion, challenger, role, champion_decision, challenger_decision",
+        window,
+    )
+    if not pairs:
+        return ()
+    hist_rows = rows(
+        "select toString(model_version) as model_version, "  # noqa: S608 - checked identifier
+        f"least(greatest(toInt32(floor(score * {UNIFORM_BINS})), 0), {UNIFORM_BINS - 1}) as bin, "
+        f"count() as n from {db}.predictions final where not isNaN(score) and {_WINDOW} "
+        "group by model_version, bin",
+        window,
+    )
+    hists: dict[str, list[int]] = {}
+    for row in hist_rows:
+        hists.setdefault(str(row["model_version"]), [0] * UNIFORM_BINS)[int(row["bin"])] += int(
+            row["n"]
+        )
+    grouped: dict[tuple[str, str, str], dict[tuple[str, str], int]] = {}
+    for row in pairs:
+        key = (str(row["champion"]), str(row["challenger"]), str(row["role"]))
+        cell = (str(row["champion_decision"]), str(row["challenger_decision"]))
+        grouped.setdefault(key, {})[cell] = int(row["n"])
+    out = []
+    empty = [0] * UNIFORM_BINS
+    for (champion, challenger, role), confusion in sorted(grouped.items()):
+        events = sum(confusion.values())
+        agree = sum(n for (a, b), n in confusion.items() if a == b)
+        out.append(
+            Comparison(
+                champion=champion,
+                challenger=challenger,
+                role=role,
+                events=events,
+                agreement=agree / events if events else 0.0,
+                confusion=confusion,
+                champion_hist=proportions(hists.get(champion, empty)),
+                challenger_hist=proportions(hists.get(challenger, empty)),
+            )
+        )
+    return tuple(out)
+
+
+def _drift(
+    rows: Rows, db: str, window: dict[str, Any], champion: str | None
+) -> tuple[DriftSeries, ...]:
+    found = rows(
+        "select formatDateTime(window_start, '%Y-%m-%d %H:%i', 'UTC') as window, "  # noqa: S608 - checked identifier
+        "toString(model_version) as model_version, toString(feature) as feature, "
+        "toFloat64(psi) as psi, toUInt8(alert) as alert "
+        f"from {db}.drift_stats "
+        "where toUnixTimestamp(window_start) * 1000 >= {start_ms:Int64} "
+        "and toUnixTimestamp(window_start) * 1000 < {end_ms:Int64} "
+        "order by window_start",
+        window,
+    )
+    windows = sorted({str(r["window"]) for r in found})
+    index = {w: i for i, w in enumerate(windows)}
+    cells: dict[tuple[str, str], dict[int, tuple[float, bool]]] = {}
+    for r in found:
+        cells.setdefault((str(r["model_version"]), str(r["feature"])), {})[
+            index[str(r["window"])]
+        ] = (float(r["psi"]), bool(r["alert"]))
+    series = []
+    for (version, feature), values in cells.items():
+        series.append(
+            DriftSeries(
+                model_version=version,
+                feature=feature,
+                windows=tuple(windows),
+                psi=tuple(values[i][0] if i in values else math.nan for i in range(len(windows))),
+                alerts=tuple(values[i][1] if i in values else False for i in range(len(windows))),
+            )
+        )
+    # The champion's features first; within a model the most drifted first.
+    series.sort(key=lambda s: (s.model_version != champion, -s.peak))
+    return tuple(series[:TOP_FEATURES])

@@ -1,0 +1,58 @@
+"""Where report and status queries run: ``sql → row dicts``, routed like ``streamscore sql``.
+
+On chDB held by a running worker the query goes through the worker's read-only
+``POST /sql``; otherwise it runs directly (read-only). Tests hand in a plain function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streams.clickhouse.gateway import ClickHouseGateway
+    from streams.settings import Settings
+
+Rows = Callable[[str, Mapping[str, Any]], list[dict[str, Any]]]
+# Aggregates only: no report query returns more rows than this.
+MAX_ROWS = 100_000
+
+
+def settings_rows(settings: Settings, note: Callable[[str], None] | None = None) -> Rows:
+    """A :data:`Rows` for ``settings``' ClickHouse; ``note`` hears once that the worker ran it."""
+    from streams.cli.sql import execute
+
+    told: list[str] = []
+
+    def once(message: str) -> None:
+        if not told:
+            told.append(message)
+            if note is not None:
+                note(message)
+
+    def rows(sql: str, parameters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        output = execute(settings, sql, parameters, "json", MAX_ROWS, note=once)
+        return [dict(zip(output.columns, row, strict=True)) for row in output.rows]
+
+    return rows
+
+
+def table_exists(rows: Rows, database: str, name: str) -> bool:
+    """Whether ``database.name`` is a table or view."""
+    found = rows(
+        "select count() as n from system.tables "
+        "where database = {db:String} and name = {name:String}",
+        {"db": database, "name": name},
+    )
+    return bool(found) and int(found[0]["n"]) > 0
+
+
+def gateway_rows(gateway: ClickHouseGateway) -> Rows:
+    """A :data:`Rows` on an open gateway, read-only per query (the worker's /sql path)."""
+    from streams.web.query import run_readonly_query
+
+    def rows(sql: str, parameters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        output = run_readonly_query(gateway, sql, parameters, "json", MAX_ROWS)
+        return [dict(zip(output.columns, row, strict=True)) for row in output.rows]
+
+    return rows
