@@ -42,9 +42,10 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # Agents (BatchAgent names): batch sizes and events by outcome are labelled with these.
 BATCH_STAGES = ("ingest", "score", "dlq", "lake")
-# Timed steps of a batch (seconds, one observation per batch) and per-event latencies.
+# streamscore_stage_seconds: a whole batch is labelled with its agent (BATCH_STAGES, via
+# observe_batch), the timed steps inside one with these. The last two are per-event
+# latencies (streamscore_event_latency_seconds, via observe_latency).
 LATENCY_STAGES = (
-    "ingest_batch",  # validate + hand off one ingestion batch
     "feature_lookup",
     "model",
     "sink_insert",  # ClickHouse insert, awaited
