@@ -1,11 +1,12 @@
-"""``streamscore model``: train, list, verify, promote, roll back and retire models."""
+"""``streamscore model``: train, list, verify, compare, promote, roll back and retire models."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -14,6 +15,9 @@ from rich.table import Column, Table
 from streams.errors import ModelError, StreamscoreError
 from streams.features.spec import FeatureServiceSpec
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.scoring.evidence import Query
 
 
 def _feature_function(module: str, name: str, purpose: str) -> Any:
@@ -51,7 +55,7 @@ def _registry_file(settings: Settings) -> Path:
 
 @click.group()
 def model() -> None:
-    """Train, list, verify, promote and roll back models (models/registry.yaml)."""
+    """Train, list, verify, compare, promote and roll back models (models/registry.yaml)."""
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -174,6 +178,82 @@ def _check_artifact(settings: Settings, model_id: str, console: Console) -> None
     load_artifact(artifact_path(settings.models_dir, model_id), _spec_or_none(settings, console))
 
 
+def _comparison_query(settings: Settings) -> Query:
+    """A ``streams.scoring.evidence.Query`` over ``streamscore sql``'s routing: direct, or
+    through the worker's /sql endpoint while the worker holds chDB."""
+    from streams.cli.sql import execute
+
+    def query(sql: str, parameters: Mapping[str, Any]) -> tuple[Sequence[str], list[list[Any]]]:
+        output = execute(settings, sql, parameters, "json", 10_000)
+        return output.columns, output.rows
+
+    return query
+
+
+@model.command()
+@click.option("--challenger", default=None, help="Only this challenger's model id.")
+@click.option(
+    "--since", default=None, help="ISO date/time (UTC): compare events from then on; default all."
+)
+@click.pass_obj
+def compare(settings: Settings, challenger: str | None, since: str | None) -> None:
+    """Champion vs each challenger on the same events (the model_comparison view).
+
+    Events compared, score mean/p50/p90, decision agreement and, once labels exist,
+    precision, recall and ROC AUC of both on the labelled ones.
+    """
+    from streams.scoring.evidence import comparison_query, parse_comparisons
+
+    sql, parameters = comparison_query(
+        settings.clickhouse_database, since=_parse_time(since), challenger=challenger
+    )
+    columns, rows = _comparison_query(settings)(sql, parameters)
+    found = parse_comparisons(columns, rows)
+    console = Console()
+    if not found:
+        console.print(
+            "no compared events: a challenger is compared once it scored events the live "
+            "champion scored (shadow, canary, or `streamscore replay --model`)"
+        )
+        return
+
+    def num(value: float | None, fmt: str = ".4f") -> str:
+        return "" if value is None else format(value, fmt)
+
+    table = Table(
+        Column("champion", no_wrap=True),
+        Column("challenger", no_wrap=True),
+        "role",
+        Column("events", justify="right"),
+        Column("agree", justify="right"),
+        Column("score mean/p50/p90 champion", justify="right"),
+        Column("challenger", justify="right"),
+        Column("labelled (fraud)", justify="right"),
+        Column("AUC champion", justify="right"),
+        Column("challenger", justify="right"),
+        Column("precision", justify="right"),
+        Column("recall", justify="right"),
+    )
+    for c in found:
+        table.add_row(
+            c.champion_version,
+            c.challenger_version,
+            c.challenger_roles,
+            f"{c.events:,}",
+            num(c.decision_agreement, ".1%"),
+            f"{num(c.champion_score_mean, '.3f')}/{num(c.champion_score_p50, '.3f')}"
+            f"/{num(c.champion_score_p90, '.3f')}",
+            f"{num(c.challenger_score_mean, '.3f')}/{num(c.challenger_score_p50, '.3f')}"
+            f"/{num(c.challenger_score_p90, '.3f')}",
+            f"{c.labelled_events:,} ({c.positives:,})",
+            num(c.champion_auc),
+            num(c.challenger_auc),
+            f"{num(c.champion_precision, '.1%')} → {num(c.challenger_precision, '.1%')}",
+            f"{num(c.champion_recall, '.1%')} → {num(c.challenger_recall, '.1%')}",
+        )
+    console.print(table)
+
+
 @model.command()
 @click.argument("model_id")
 @click.option("--shadow", is_flag=True, help="Add as shadow: scores every event, logged only.")
@@ -183,10 +263,33 @@ def _check_artifact(settings: Settings, model_id: str, console: Console) -> None
     default=None,
     help="Add as canary deciding this share of events (0-1].",
 )
+@click.option(
+    "--min-compared",
+    type=click.IntRange(0),
+    default=1000,
+    show_default=True,
+    help="Events a new champion must have been compared with the current one on.",
+)
+@click.option(
+    "--force", is_flag=True, help="Promote to champion without (enough) comparison evidence."
+)
 @click.pass_obj
-def promote(settings: Settings, model_id: str, shadow: bool, canary: float | None) -> None:
-    """Make MODEL_ID champion (or a shadow/canary challenger) after checking its artifact."""
-    from streams.scoring.registry import edit_registry
+def promote(
+    settings: Settings,
+    model_id: str,
+    shadow: bool,
+    canary: float | None,
+    min_compared: int,
+    force: bool,
+) -> None:
+    """Make MODEL_ID champion (or a shadow/canary challenger) after checking its artifact.
+
+    A new champion must have been compared with the current one on --min-compared events
+    (model_comparison: as a shadow or canary, or replayed with `streamscore replay
+    --model`); the evidence is printed. --force skips the check.
+    """
+    from streams.scoring.evidence import gather_evidence
+    from streams.scoring.registry import edit_registry, load_registry
     from streams.scoring.registry import promote as promote_in
 
     if shadow and canary is not None:
@@ -194,6 +297,22 @@ def promote(settings: Settings, model_id: str, shadow: bool, canary: float | Non
     console = Console()
     _check_artifact(settings, model_id, console)
     role = "shadow" if shadow else "canary" if canary is not None else "champion"
+    current = load_registry(_registry_file(settings)).champion
+    if role == "champion" and current != model_id:  # (promoting the champion fails below)
+        evidence = gather_evidence(
+            _comparison_query(settings),
+            settings.clickhouse_database,
+            model_id,
+            current,
+            min_compared,
+            unavailable=StreamscoreError,
+        )
+        for line in evidence.lines():
+            click.echo(line)  # unwrapped: the evidence is read and kept as text
+        if not evidence.sufficient:
+            if not force:
+                raise click.ClickException(f"not promoted: {evidence.refusal()}")
+            click.echo(f"--force: promoting anyway ({evidence.refusal()})")
     with edit_registry(_registry_file(settings)) as box:
         before = box[0].champion
         box[0] = promote_in(box[0], model_id, role=role, share=canary or 0.0)  # type: ignore[arg-type]

@@ -28,7 +28,8 @@ def _serving_spec(settings: Settings) -> FeatureServiceSpec:
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("models")
-    settings = Settings(models_dir=root, providers="cpu")
+    # No ClickHouse answers there: promote must refuse a new champion without --force.
+    settings = Settings(models_dir=root, providers="cpu", clickhouse_dsn="http://127.0.0.1:9")
     spec = _serving_spec(settings)
     for kind, version in (("lightgbm", "1"), ("lightgbm", "2")):
         train_synthetic(root / "artifacts", kind, spec=spec, version=version, n_estimators=5)
@@ -47,8 +48,12 @@ def test_verify_without_champion_says_so(tmp_path: Path) -> None:
 
 def test_promote_list_verify_rollback(settings: Settings) -> None:
     path = settings.models_dir / "registry.yaml"
-    assert _run(settings, "promote", "fraud_lightgbm-1")[0] == 0
-    assert _run(settings, "promote", "fraud_lightgbm-2")[0] == 0
+    assert _run(settings, "promote", "fraud_lightgbm-1")[0] == 0  # first: nothing to compare
+    code, out = _run(settings, "promote", "fraud_lightgbm-2")
+    assert code == 1 and "cannot read the comparison" in out and "--force" in out
+    assert load_registry(path).champion == "fraud_lightgbm-1"
+    code, out = _run(settings, "promote", "fraud_lightgbm-2", "--force")
+    assert code == 0 and "--force" in out
     assert load_registry(path).champion == "fraud_lightgbm-2"
     code, out = _run(settings, "list")
     assert code == 0 and "champion" in out and "fraud_lightgbm-1" in out
