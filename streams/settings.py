@@ -25,7 +25,7 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-AGENTS = ("ingest", "score", "dlq", "lake")
+AGENTS = ("ingest", "score", "dlq", "lake", "labels")
 
 
 class Settings(BaseSettings):
@@ -81,10 +81,10 @@ class Settings(BaseSettings):
         default_factory=_default_worker_id, description="STREAMSCORE_WORKER_ID: in DLQ headers."
     )
     agents: str = Field(
-        default="dlq,ingest,lake,score",
+        default="dlq,ingest,labels,lake,score",
         description=(
             "STREAMSCORE_AGENTS: comma-separated agents this worker runs (ingest, score, "
-            "dlq, lake); run stages in separate processes to scale them independently."
+            "dlq, labels, lake); run stages in separate processes to scale them independently."
         ),
     )
     score_batch_size: int = Field(
@@ -94,6 +94,20 @@ class Settings(BaseSettings):
         default=0.01,
         gt=0,
         description="STREAMSCORE_SCORE_BATCH_SECONDS: max wait to fill a scoring batch.",
+    )
+    drift_enabled: bool = Field(
+        default=True, description="STREAMSCORE_DRIFT_ENABLED: in-stream drift histograms."
+    )
+    drift_window_seconds: int = Field(
+        default=60,
+        gt=0,
+        description="STREAMSCORE_DRIFT_WINDOW_SECONDS: tumbling event-time window.",
+    )
+    drift_lateness_windows: int = Field(
+        default=1,
+        ge=0,
+        description="STREAMSCORE_DRIFT_LATENESS_WINDOWS: windows a partition's clock must "
+        "pass a window's end before it closes (later events are counted as late).",
     )
     sink_dedup: bool = Field(
         default=True,

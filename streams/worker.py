@@ -11,11 +11,13 @@ import faust
 
 from streams.agents.dlq import register_dlq_agent
 from streams.agents.ingest import register_ingest_agent
+from streams.agents.labels import register_labels_agent
 from streams.agents.lake import register_lake_agent
 from streams.agents.score import register_score_agent
 from streams.app import create_app
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.kafka import make_admin
+from streams.monitoring.metrics import WorkerMetrics, register_metrics_endpoint
 from streams.nightly import NightlyRun, run_nightly
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
@@ -36,23 +38,27 @@ def build_app(settings: Settings) -> faust.App:
     for drift in report.drift:
         log.warning("topic drift: %s", drift)
     app = create_app(settings, broker_count=len(admin.list_topics(timeout=10).brokers))
+    metrics = WorkerMetrics(worker_id=settings.worker_id, app_id=settings.app_id)
     if settings.web_enabled:
+        register_metrics_endpoint(app, metrics)
         # Analysts' read-only SQL on a separate read-only session (chDB: same engine, the
         # only way in while this worker holds the data path). Opened on first request.
         readonly = functools.cache(lambda: open_readonly_gateway(settings))
         register_query_endpoint(app, readonly)
     if "ingest" in settings.agent_names:
-        register_ingest_agent(app, settings, registry, KafkaHandoff(settings))
+        register_ingest_agent(app, settings, registry, KafkaHandoff(settings), metrics)
     if "lake" in settings.agent_names:
         register_lake_agent(app, settings, registry)
-    if settings.agent_names & {"score", "dlq"}:
+    if settings.agent_names & {"score", "dlq", "labels"}:
         # The worker owns ClickHouse (with chDB, no other process may open the data path):
         # one client for the sinks and the read-only /sql endpoint.
         gateway = ClickHouseGateway.open(settings)
         if "dlq" in settings.agent_names:
-            register_dlq_agent(app, settings, gateway)
+            register_dlq_agent(app, settings, gateway, metrics)
+        if "labels" in settings.agent_names:
+            register_labels_agent(app, settings, gateway)
         if "score" in settings.agent_names:
-            register_score_agent(app, settings, gateway)
+            register_score_agent(app, settings, gateway, metrics=metrics)
     if settings.nightly_cron:
         # On the leader only: one nightly run per group, not one per worker.
         app.crontab(settings.nightly_cron, on_leader=True)(nightly_job(settings))

@@ -35,12 +35,15 @@ from confluent_kafka import Message, TopicPartition
 
 from streams.errors import StreamscoreError
 from streams.kafka import make_consumer
+from streams.monitoring.metrics import WorkerMetrics
 from streams.settings import Settings
 
 log = logging.getLogger("streams.agents.batching")
 
 # Exit code on a fatal librdkafka error (e.g. the idempotent producer fenced, bad config).
 EXIT_KAFKA_FATAL = 75
+# Exit code when a handler raises something that is not a StreamscoreError (a bug).
+EXIT_UNEXPECTED = 79
 
 Handler = Callable[[Sequence[Message]], Awaitable[None]]
 AssignHandler = Callable[[Sequence[tuple[str, int]]], Awaitable[None]]
@@ -81,6 +84,7 @@ class BatchAgent(mode.Service):
         batch_seconds: float,
         on_assigned: AssignHandler | None = None,
         consumer_config: dict[str, Any] | None = None,
+        metrics: WorkerMetrics | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -93,6 +97,7 @@ class BatchAgent(mode.Service):
         self.batch_seconds = batch_seconds
         self.on_assigned = on_assigned
         self.group = group_id(settings, name)
+        self.metrics = metrics
         self._consumer_config = consumer_config or {}
         self._consumer: Any = None
         self._assigned: list[tuple[str, int]] = []
@@ -156,6 +161,8 @@ class BatchAgent(mode.Service):
             messages: list[Message] = await asyncio.to_thread(
                 consumer.consume, self.batch_size, self.batch_seconds
             )
+            if self.metrics is not None:
+                self.metrics.record_consumer_lag(self.group, consumer)  # at most once a second
             if self._assigned:
                 assigned, self._assigned = self._assigned, []
                 if self.on_assigned is not None:
@@ -165,8 +172,13 @@ class BatchAgent(mode.Service):
             batch = [m for m in messages if _usable(m, self.agent_name)]
             if not batch:
                 continue
+            started = time.perf_counter()
             await self._guard(self.handler(batch), f"batch of {len(batch)}")
             consumer.store_offsets(offsets=next_offsets(batch))
+            if self.metrics is not None:
+                self.metrics.observe_batch(
+                    self.agent_name, len(batch), time.perf_counter() - started
+                )
             self.batches += 1
             self.messages += len(batch)
 
@@ -181,6 +193,15 @@ class BatchAgent(mode.Service):
             )  # fmt: skip
             logging.shutdown()
             os._exit(self.exit_code)
+        except Exception:
+            # A bug, not bad input: stop loudly rather than leave a worker that consumes
+            # nothing. The batch is re-read after the restart.
+            log.critical(
+                "%s: %s raised unexpectedly, exiting with %d before offsets move",
+                self.agent_name, what, EXIT_UNEXPECTED, exc_info=True,
+            )  # fmt: skip
+            logging.shutdown()
+            os._exit(EXIT_UNEXPECTED)
 
 
 def _usable(message: Message, agent: str) -> bool:

@@ -31,6 +31,7 @@ from streams.headers import (
     DLQ_WORKER_ID,
     EVENT_TYPE,
 )
+from streams.monitoring.metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.sinks.clickhouse import DeadLetterSink, dedup_token
 from streams.topics import dlq_topic
@@ -135,7 +136,12 @@ def dead_letter_rows(letters: Sequence[StoredDeadLetter], sunk_at_ms: int) -> pa
     )
 
 
-def register_dlq_agent(app: object, settings: Settings, gateway: ClickHouseGateway) -> BatchAgent:
+def register_dlq_agent(
+    app: object,
+    settings: Settings,
+    gateway: ClickHouseGateway,
+    metrics: WorkerMetrics | None = None,
+) -> BatchAgent:
     """Attach the dead-letter agent to the faust ``app``; returns it."""
     import faust
 
@@ -158,6 +164,8 @@ def register_dlq_agent(app: object, settings: Settings, gateway: ClickHouseGatew
             return
         token = dedup_token(topic, ((d.dlq_partition, d.dlq_offset) for d in letters), ["dlq"])
         await asyncio.to_thread(sink.write, dead_letter_rows(letters, now_ms()), token)
+        if metrics is not None:
+            metrics.count("dlq", "stored", len(letters))
 
     agent = BatchAgent(
         settings,
@@ -168,6 +176,7 @@ def register_dlq_agent(app: object, settings: Settings, gateway: ClickHouseGatew
         batch_size=5000,
         batch_seconds=0.2,
         consumer_config={"max.partition.fetch.bytes": 16 * 1024 * 1024},
+        metrics=metrics,
         loop=app.loop,
         beacon=app.beacon,
     )

@@ -15,6 +15,7 @@ from confluent_kafka import Message
 
 from streams.agents.batching import BatchAgent, timestamp_ms
 from streams.ingest import Limits, RawRecord, ingest_batch
+from streams.monitoring.metrics import WorkerMetrics
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.sinks.handoff import KafkaHandoff
@@ -45,6 +46,7 @@ def register_ingest_agent(
     settings: Settings,
     registry: SchemaRegistry,
     handoff: KafkaHandoff,
+    metrics: WorkerMetrics | None = None,
 ) -> BatchAgent:
     """Attach the ingestion agent to ``app``; returns it."""
     limits = Limits(settings.max_payload_bytes, settings.max_nesting_depth)
@@ -56,6 +58,9 @@ def register_ingest_agent(
         await handoff.deliver(accepted, dead)
         counts["valid"] += len(accepted)
         counts["dead"] += len(dead)
+        if metrics is not None:
+            metrics.count("ingest", "valid", len(accepted))
+            metrics.count_dlq("ingest", (d.reason for d in dead))
         if dead:
             log.info(
                 "batch of %d: %d valid, %d to DLQ (%s)",
@@ -73,6 +78,7 @@ def register_ingest_agent(
         batch_seconds=settings.ingest_batch_seconds,
         # A DLQ'd 10 MB payload must still be fetchable.
         consumer_config={"max.partition.fetch.bytes": 16 * 1024 * 1024},
+        metrics=metrics,
         loop=app.loop,
         beacon=app.beacon,
     )

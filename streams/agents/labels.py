@@ -25,7 +25,7 @@ from streams.clickhouse.gateway import ClickHouseGateway
 from streams.ingest import DeadLetter, RawRecord
 from streams.scoring.pipeline import ValidEvent
 from streams.settings import Settings
-from streams.sinks.clickhouse import Source, _existing, dedup_token, insert_settings
+from streams.sinks.clickhouse import Source, dedup_token, existing_sources, insert_settings
 from streams.sinks.handoff import KafkaHandoff
 from streams.topics import valid_topic
 
@@ -172,7 +172,7 @@ class LabelStore:
 
     def existing(self, labels: Sequence[StoredLabel]) -> set[Source]:
         """Which raw coordinates of ``labels`` are stored already."""
-        return _existing(self.gateway, TABLE, [label.coordinates for label in labels], None)
+        return existing_sources(self.gateway, TABLE, [label.coordinates for label in labels])
 
     def write(self, labels: Sequence[StoredLabel]) -> None:
         token = dedup_token(

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 from confluent_kafka import Message
 
 from streams.agents.batching import BatchAgent, now_ms, timestamp_ms
@@ -37,6 +38,9 @@ from streams.headers import (
 )
 from streams.ingest import DeadLetter, RawRecord
 from streams.kafka import make_producer
+from streams.monitoring.drift import HistogramRow
+from streams.monitoring.metrics import WorkerMetrics
+from streams.monitoring.stream import DriftMonitor
 from streams.scoring.modelset import ModelHolder, ModelSet
 from streams.scoring.pipeline import (
     DecodedBatch,
@@ -169,6 +173,8 @@ class Scoring:
         self._next_reload = time.monotonic() + RELOAD_EVERY_S
         self._registry_mtime = self._registry_stamp()
         self.counts = {"scored": 0, "review": 0, "copies_dropped": 0, "undecodable": 0}
+        self.metrics: WorkerMetrics | None = None
+        self.drift = self._drift_monitor() if settings.drift_enabled else None
         self.record_models()
 
     # -- models and features -------------------------------------------------------
@@ -186,12 +192,36 @@ class Scoring:
         path = registry_path(self.settings.models_dir)
         return path.stat().st_mtime if path.exists() else 0.0
 
+    def _drift_monitor(self) -> DriftMonitor:
+        layout = self.features.layout
+        return DriftMonitor(
+            self.gateway,
+            window_seconds=self.settings.drift_window_seconds,
+            lateness_windows=self.settings.drift_lateness_windows,
+            thresholds={f.name: f.drift_threshold for f in layout.spec.features},
+            event_type=self.event_type,
+            entity_features=[len(v.features) for v in layout.views],
+            entity_names=[v.name for v in layout.views],
+            worker_id=self.settings.worker_id,
+        )
+
+    def served_models(self) -> list[tuple[str, str, str]]:
+        """(model id, role, provider in use) of every serving model."""
+        models = self.holder.current
+        return [
+            (models.champion.model_id, "champion", models.champion.provider),
+            *((c.scorer.model_id, c.role, c.scorer.provider) for c in models.challengers),
+        ]
+
     def record_models(self) -> None:
+        """Record the serving models (and their drift baselines) in ClickHouse."""
         self.gateway.insert_columns(
             "models",
             list(zip(*model_rows(self.holder.current, self.settings), strict=True)),
             MODEL_COLUMNS,
         )
+        if self.drift is not None:
+            self.drift.set_models(self.holder.current)
 
     def maybe_reload(self) -> None:
         """Every 30 s: a newer nightly run swaps features; a changed registry swaps models."""
@@ -221,18 +251,20 @@ class Scoring:
             else:
                 marks = {}
             self.marks.load(partition, marks)
+        if self.drift is not None:
+            self.drift.assigned(mine)
             log.info(
                 "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)
             )
 
     def prepare(
         self, events: Sequence[ValidEvent], picked_up_ms: int
-    ) -> tuple[DecodedBatch, ScoredEvents | None]:
-        """The pure part, run in a thread: decode, features, models, rows."""
+    ) -> tuple[DecodedBatch, ScoredEvents | None, list[HistogramRow]]:
+        """The pure part, run in a thread: decode, features, models, rows, drift."""
         self.maybe_reload()
         decoded = decode_events(events, self.columns)
         if not decoded.events:
-            return decoded, None
+            return decoded, None, []
         scored = score_events(
             decoded,
             self.features,
@@ -241,7 +273,8 @@ class Scoring:
             worker_id=self.settings.worker_id,
             picked_up_ms=picked_up_ms,
         )
-        return decoded, scored
+        closed = self.drift.observe(decoded, scored) if self.drift is not None else []
+        return decoded, scored, closed
 
     async def handle(self, messages: Sequence[Message]) -> None:
         picked_up = now_ms()
@@ -250,26 +283,44 @@ class Scoring:
             keep = self.marks.select(events)
             if len(keep) < len(events):
                 self.counts["copies_dropped"] += len(events) - len(keep)
+                if self.metrics is not None:
+                    self.metrics.count("score", "copies_dropped", len(events) - len(keep))
                 events = [events[i] for i in keep]
         if not events:
             return
-        decoded, scored = await asyncio.to_thread(self.prepare, events, picked_up)
+        decoded, scored, closed = await asyncio.to_thread(self.prepare, events, picked_up)
         if decoded.failed:
             await self.dead_letters(decoded.failed)
         if scored is None:
             return
+        if closed and self.drift is not None:
+            # Before the predictions: a crash in between re-scores the batch and re-emits
+            # the same windows (same keys), never loses one.
+            await asyncio.to_thread(self.drift.write, closed)
         versions = [m.model_id for m in scored.models]
         token = dedup_token(
             self.topic, ((e.handoff_partition, e.handoff_offset) for e in decoded.events), versions
         )
+        t0 = time.perf_counter()
         await asyncio.to_thread(self.sink.write, scored.predictions, token)
+        t1 = time.perf_counter()
         names = self.holder.current.champion.metadata.feature_names
         self.send(self.predictions_topic, prediction_messages(decoded, scored))
         review = review_messages(decoded, scored, names)
         self.send(self.review_topic, review)
         await asyncio.to_thread(self.flush)
+        t2 = time.perf_counter()
         self.counts["scored"] += scored.n_events
         self.counts["review"] += len(review)
+        if (m := self.metrics) is not None:
+            m.observe_stage("feature_lookup", scored.timings_ms["feature_ms"] / 1000)
+            m.observe_stage("model", scored.timings_ms["model_ms"] / 1000)
+            m.observe_stage("sink_insert", t1 - t0)
+            m.observe_stage("produce_flush", t2 - t1)
+            produced = np.fromiter((e.produced_at_ms for e in decoded.events), np.int64)
+            m.observe_latency("end_to_end", (now_ms() - produced) / 1000.0)
+            m.count("score", "scored", scored.n_events)
+            m.count("score", "review", len(review))
 
     async def dead_letters(self, failed: Sequence[tuple[ValidEvent, str]]) -> None:
         letters = [
@@ -313,12 +364,16 @@ def register_score_agent(
     settings: Settings,
     gateway: ClickHouseGateway,
     scoring: Callable[[], Scoring] | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> BatchAgent:
     """Attach the scoring agent to the faust ``app``; returns it."""
     import faust
 
     assert isinstance(app, faust.App)
     state = scoring() if scoring else Scoring(settings, gateway)
+    state.metrics = metrics
+    if metrics is not None:
+        metrics.set_models(state.served_models())
     agent = BatchAgent(
         settings,
         "score",
@@ -328,6 +383,7 @@ def register_score_agent(
         batch_size=settings.score_batch_size,
         batch_seconds=settings.score_batch_seconds,
         on_assigned=state.on_assigned,
+        metrics=metrics,
         loop=app.loop,
         beacon=app.beacon,
     )

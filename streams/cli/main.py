@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "replay": ("streams.cli.replay:replay", "Re-score a range of offsets or times, no duplicates."),
     "dlq": ("streams.cli.dlq:dlq", "Inspect and re-drive dead letters."),
+    "status": ("streams.cli.status:status", "Consumer lag, throughput, last nightly run."),
+    "report": ("streams.cli.report:report", "A self-contained HTML report from ClickHouse."),
 }
 
 

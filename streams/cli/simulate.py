@@ -172,6 +172,14 @@ def _summary(sent: int, seconds: float, counts: Counter[tuple[str, str]]) -> Non
     type=click.DateTime(formats=["%Y-%m-%d"]),
     help="Last day of --history, UTC (default: yesterday).",
 )
+@click.option(
+    "--drift",
+    "drift",
+    metavar="SPEC",
+    help="Inject drift from a known time: amount[:x3][:share=0.5][:at=ISO-TIME], "
+    "country[:share=S][:at=T] (new merchant countries) or missing[:share=S][:at=T] "
+    "(merchants the nightly run never saw).",
+)
 @click.pass_context
 def simulate(
     ctx: click.Context,
@@ -188,6 +196,7 @@ def simulate(
     to_kafka: bool,
     history: str | None,
     end_date: datetime | None,
+    drift: str | None,
 ) -> None:
     """Generate realistic, seeded card transactions with fraud and late labels.
 
@@ -225,9 +234,11 @@ def simulate(
         raise click.UsageError("--out and --to-kafka are exclusive")
     if count is None and duration is None:
         count = 10_000
+    from streams.simulate.drift import DriftInjection
     from streams.simulate.records import SimulationConfig, simulate_records
 
     config = SimulationConfig(
+        drift=DriftInjection.parse(drift) if drift else None,
         start=(start.replace(tzinfo=UTC) if start else datetime.now(UTC)),
         accounts=accounts,
         seed=seed,

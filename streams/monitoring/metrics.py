@@ -178,6 +178,7 @@ class WorkerMetrics:
 
     def __init__(self, worker_id: str = "", app_id: str = "streamscore") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._served: set[tuple[str, ...]] = set()
         registry = self.registry
         self.events = Counter(
             "streamscore_events",
@@ -279,10 +280,17 @@ class WorkerMetrics:
         return self._lag.get(group)
 
     def set_models(self, models: Iterable[tuple[str, str, str]]) -> None:
-        """The models served now, as ``(model_version, role, provider)``; replaces the last set."""
-        self.model_info.clear()
-        for version, role, provider in models:
-            self.model_info.labels(version, role, provider).set(1)
+        """The models served now, as ``(model_version, role, provider)``; replaces the last set.
+
+        Models no longer served drop to 0 (``clear()`` is unsupported when Feast has put
+        prometheus_client in multi-process mode through PROMETHEUS_MULTIPROC_DIR).
+        """
+        current = {tuple(m) for m in models}
+        for labels in self._served - current:
+            self.model_info.labels(*labels).set(0)
+        for labels in current:
+            self.model_info.labels(*labels).set(1)
+        self._served = current
 
     def set_drift(self, model_version: str, feature: str, psi: float, alert: bool) -> None:
         """The drift code's result for one feature of one model in the last closed window."""

@@ -168,6 +168,7 @@ class ScoredEvents:
     predictions: pa.Table
     models: list[ModelScores]
     features: NDArray[np.float32]  # [events × features], as scored
+    feature_missing: NDArray[np.bool_]  # [events × features]: served from defaults
     missing_entities: list[list[str]]
     decided_row: NDArray[np.intp]  # per event: its row in ``predictions`` that was acted on
     timings_ms: dict[str, float]
@@ -316,7 +317,12 @@ def score_events(
     for block, m in enumerate(each):
         rows = np.flatnonzero(m.decided)
         decided_row[rows] = block * n + rows
-    return ScoredEvents(pa.table(columns), each, x, missing_entities, decided_row, timings)
+    feature_missing = np.zeros(x.shape, dtype=np.bool_)
+    entity_columns = int(per_entity.sum())
+    feature_missing[:, :entity_columns] = np.repeat(missing, per_entity, axis=1)
+    return ScoredEvents(
+        pa.table(columns), each, x, feature_missing, missing_entities, decided_row, timings
+    )
 
 
 def prediction_messages(

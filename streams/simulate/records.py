@@ -7,6 +7,7 @@ give (the constants of :mod:`streams.ingest`), and the fraud scenario if any.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,7 @@ from streams.ingest import (
     SCHEMA_VIOLATION,
     TOO_DEEPLY_NESTED,
 )
+from streams.simulate.drift import DriftInjection
 from streams.simulate.exceptions import SimulationError
 from streams.simulate.population import build_population
 from streams.simulate.stream import SimEvent, simulate_events
@@ -99,6 +101,7 @@ class SimulationConfig:
     text_only: bool = False  # only invalid kinds that are one line of JSON text (JSONL output)
     max_payload_bytes: int = 256 * 1024
     max_nesting_depth: int = 32
+    drift: DriftInjection | None = None  # injected from a known time on
 
     def check(self) -> None:
         if not 0.0 <= self.invalid_fraction < 1.0:
@@ -190,4 +193,8 @@ def simulate_records(config: SimulationConfig) -> Iterator[SimRecord]:
         if item.event_type == "transaction" and insert_p and rng.random() < insert_p:
             kind = kinds[int(rng.choice(len(kinds), p=weights))]
             yield invalid_record(kind, item.event, config)
+        if config.drift is not None and item.event_type == "transaction":
+            drifted = config.drift.apply(item.event)
+            if drifted is not item.event:
+                item = dataclasses.replace(item, event=drifted)
         yield valid_record(item)

@@ -109,7 +109,7 @@ class PredictionsSink:
         self, sources: Sequence[Source], model_version: str | None = None
     ) -> set[Source]:
         """Which of ``sources`` already have a row (for ``model_version``, if given)."""
-        return _existing(self.gateway, "predictions", sources, model_version)
+        return existing_sources(self.gateway, "predictions", sources, model_version)
 
 
 class DeadLetterSink:
@@ -120,7 +120,7 @@ class DeadLetterSink:
         self.dedup = dedup
 
     def existing_sources(self, sources: Sequence[Source]) -> set[Source]:
-        return _existing(self.gateway, "dlq_events", sources, None)
+        return existing_sources(self.gateway, "dlq_events", sources, None)
 
     def write(self, rows: pa.Table, token: str) -> None:
         if rows.num_rows:
@@ -129,9 +129,13 @@ class DeadLetterSink:
             )
 
 
-def _existing(
-    gateway: ClickHouseGateway, table: str, sources: Sequence[Source], model_version: str | None
+def existing_sources(
+    gateway: ClickHouseGateway,
+    table: str,
+    sources: Sequence[Source],
+    model_version: str | None = None,
 ) -> set[Source]:
+    """Which raw coordinates of ``sources`` already have a row in ``table``."""
     found: set[Source] = set()
     by_partition: dict[RawPartition, list[int]] = {}
     for topic, partition, offset in sources:

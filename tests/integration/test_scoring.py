@@ -56,7 +56,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     )
     config = BootstrapConfig(
         accounts=800,
-        history_days=30,
+        history_days=100,  # > 90 + the training window: 90-day features are full-length
         train_days=4,
         label_lag_days=3,
         fraud_rate=0.05,

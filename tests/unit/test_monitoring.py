@@ -108,7 +108,7 @@ def test_models_and_drift_gauges() -> None:
     metrics.set_models([("m-3", "champion", "CPUExecutionProvider")])  # a swap replaces the set
     metrics.set_drift("m-3", "amount", 0.31, True)
     found = samples(metrics)
-    info = {k[1] for k in found if k[0] == "streamscore_model_info"}
+    info = {k[1] for k, v in found.items() if k[0] == "streamscore_model_info" and v == 1}
     assert info == {
         (("model_version", "m-3"), ("provider", "CPUExecutionProvider"), ("role", "champion"))
     }

@@ -210,9 +210,11 @@ def _query(reader: ClickHouseGateway, sql: str, **parameters: Any) -> list[dict[
     return [dict(zip(output.columns, row, strict=True)) for row in output.rows]
 
 
-def test_migration_0003_applies_once(writer: ClickHouseGateway) -> None:
+def test_every_migration_applies_once(writer: ClickHouseGateway) -> None:
+    from streams.clickhouse.migrations import load_migrations
+
     versions = writer.query(f"select version from {writer.table('schema_migrations')} final")
-    assert sorted(v for (v,) in versions.result_rows) == [1, 2, 3]
+    assert sorted(v for (v,) in versions.result_rows) == [m.version for m in load_migrations()]
 
 
 def test_decisions_per_hour_counts_acted_on_decisions_once(

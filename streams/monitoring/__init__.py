@@ -1,0 +1,1 @@
+"""Monitoring: in-stream drift statistics, Prometheus metrics, structured logs."""

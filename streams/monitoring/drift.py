@@ -1,0 +1,237 @@
+"""In-stream drift: per tumbling event-time window, histograms against the training baseline.
+
+The scoring agent adds every scored batch to a ``DriftAccumulator``: per (valid-topic
+partition, window, model version) it keeps bin counts for each feature and the score,
+using the bin edges of the model's training baseline (the ONNX sidecar), plus row and
+missing counts. Nothing but counts is kept: memory is features × bins per open window.
+
+When event time has passed a window's end by ``lateness`` windows, its counts are
+emitted as ``drift_histograms`` rows, keyed by (model version, feature, window,
+partition). Statistics are computed from summed counts, in ClickHouse (the
+``drift_stats`` view, so windows whose partitions were scored by several workers add
+up) and here (``drift_statistics``, the same formulas, for logs and metrics):
+
+* PSI = Σ (p − q) · ln(p / q) over bins (proportions smoothed by ``EPSILON``),
+* KS = max |CDF_p − CDF_q| on the bins (a binned two-sample KS statistic),
+* Jensen-Shannon distance = sqrt(½ KL(p‖m) + ½ KL(q‖m)), m = (p + q)/2, base 2 (0…1).
+
+A window is exactly once per partition: a restarted or newly assigned worker seeds an
+open (partition, window) from the ``predictions`` already in ClickHouse before it adds
+new rows, and re-emitting a window replaces the same key (ReplacingMergeTree).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from streams.scoring.metadata import Histogram, ModelMetadata
+
+EPSILON = 1e-4
+SCORE = "__score__"  # the pseudo-feature holding the model's score distribution
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """One monitored column: training bin edges, expected proportions, alert threshold."""
+
+    name: str
+    column: int  # the model input column; -1 for the score
+    edges: NDArray[np.float64]  # interior cut points: bins (-inf,e0), [e0,e1), …, [e_last, inf)
+    expected: NDArray[np.float64]
+    threshold: float  # PSI above which the window alerts; 0 = not alerted (reported only)
+
+    @classmethod
+    def from_histogram(
+        cls, name: str, column: int, histogram: Histogram, threshold: float
+    ) -> Baseline:
+        return cls(
+            name,
+            column,
+            np.asarray(histogram.edges, dtype=np.float64),
+            np.asarray(histogram.proportions, dtype=np.float64),
+            threshold,
+        )
+
+    @property
+    def bins(self) -> int:
+        return len(self.expected)
+
+
+def model_baselines(
+    metadata: ModelMetadata, thresholds: Mapping[str, float], score_threshold: float = 0.2
+) -> list[Baseline]:
+    """The model's features in input order (those with a baseline), then its score."""
+    out = [
+        Baseline.from_histogram(
+            name, column, metadata.feature_baselines[name], thresholds.get(name, 0.2)
+        )
+        for column, name in enumerate(metadata.feature_names)
+        if name in metadata.feature_baselines
+    ]
+    if metadata.score_baseline is not None:
+        out.append(Baseline.from_histogram(SCORE, -1, metadata.score_baseline, score_threshold))
+    return out
+
+
+def drift_statistics(
+    counts: NDArray[np.int64], expected: NDArray[np.float64]
+) -> tuple[float, float, float]:
+    """(PSI, binned KS, Jensen-Shannon distance) of observed ``counts`` vs ``expected``."""
+    total = counts.sum()
+    if total == 0:
+        return 0.0, 0.0, 0.0
+    p = np.maximum(counts / total, EPSILON)
+    q = np.maximum(expected, EPSILON)
+    p, q = p / p.sum(), q / q.sum()
+    psi = float(np.sum((p - q) * np.log(p / q)))
+    ks = float(np.max(np.abs(np.cumsum(p) - np.cumsum(q))))
+    m = (p + q) / 2
+    js = 0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m))
+    return psi, ks, math.sqrt(max(float(js), 0.0))
+
+
+@dataclass(slots=True)
+class _Window:
+    counts: list[NDArray[np.int64]]  # per baseline
+    missing: NDArray[np.int64]  # per baseline
+    rows: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramRow:
+    """One ``drift_histograms`` row."""
+
+    model_version: str
+    feature: str
+    feature_index: int
+    window_start_ms: int
+    window_ms: int
+    partition: int
+    rows: int
+    missing: int
+    counts: list[int]
+
+
+WindowKey = tuple[int, int, str]  # (partition, window start ms, model version)
+
+
+@dataclass(slots=True)
+class DriftAccumulator:
+    """Bin counts per (partition, window, model) for the baselines of each model."""
+
+    window_ms: int
+    baselines: dict[str, list[Baseline]]  # model version → monitored columns
+    lateness_windows: int = 1
+    idle_windows: int = 10
+    windows: dict[WindowKey, _Window] = field(default_factory=dict)
+    closed_before: dict[int, int] = field(default_factory=dict)  # partition → first open window
+    late_rows: int = 0
+
+    def window_of(self, event_ms: NDArray[np.int64]) -> NDArray[np.int64]:
+        return (event_ms // self.window_ms) * self.window_ms
+
+    def known(self, partition: int, window_start: int, model: str) -> bool:
+        return (partition, window_start, model) in self.windows
+
+    def is_closed(self, partition: int, window_start: int) -> bool:
+        return window_start < self.closed_before.get(partition, -(2**62))
+
+    def add(
+        self,
+        model: str,
+        partitions: NDArray[np.int64],
+        event_ms: NDArray[np.int64],
+        features: NDArray[np.float32],
+        feature_missing: NDArray[np.bool_],
+        scores: NDArray[np.float32],
+    ) -> None:
+        """Add rows scored by ``model``: features [rows × model inputs] as scored, the
+        per-feature missing mask (served from defaults) and the model's scores."""
+        baselines = self.baselines.get(model)
+        if not baselines or len(event_ms) == 0:
+            return
+        starts = self.window_of(event_ms)
+        keys = np.stack([partitions, starts], axis=1)
+        for partition, start in {(int(p), int(s)) for p, s in keys}:
+            rows = (partitions == partition) & (starts == start)
+            if self.is_closed(partition, start):
+                self.late_rows += int(rows.sum())
+                continue
+            window = self.windows.get((partition, start, model))
+            if window is None:
+                window = self.windows[(partition, start, model)] = _Window(
+                    [np.zeros(b.bins, dtype=np.int64) for b in baselines],
+                    np.zeros(len(baselines), dtype=np.int64),
+                )
+            _accumulate(window, baselines, features[rows], feature_missing[rows], scores[rows])
+
+    def close(self, watermarks: Mapping[int, int]) -> list[HistogramRow]:
+        """Emit and forget the windows event time has moved past.
+
+        Each partition keeps its own clock (its highest event time, ``watermarks``): its
+        windows close ``lateness_windows`` after their end, however far other partitions
+        are ahead. A partition that went quiet closes once the newest partition is
+        ``idle_windows`` past the window.
+        """
+        newest = max(watermarks.values(), default=0)
+        idle_horizon = newest - self.idle_windows * self.window_ms
+        out: list[HistogramRow] = []
+        for key in sorted(self.windows):
+            partition, start, model = key
+            own = watermarks.get(partition, 0) - self.lateness_windows * self.window_ms
+            end = start + self.window_ms
+            if end > own and end > idle_horizon:
+                continue
+            window = self.windows.pop(key)
+            self.closed_before[partition] = max(self.closed_before.get(partition, end), end)
+            out.extend(self._rows(model, start, partition, window))
+        return out
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop open windows of revoked partitions (their next owner seeds them)."""
+        gone = set(partitions)
+        for key in [k for k in self.windows if k[0] in gone]:
+            del self.windows[key]
+        for p in gone:
+            self.closed_before.pop(p, None)
+
+    def _rows(self, model: str, start: int, partition: int, window: _Window) -> list[HistogramRow]:
+        return [
+            HistogramRow(
+                model,
+                b.name,
+                b.column,
+                start,
+                self.window_ms,
+                partition,
+                window.rows,
+                int(window.missing[i]),
+                window.counts[i].tolist(),
+            )
+            for i, b in enumerate(self.baselines[model])
+        ]
+
+
+def _accumulate(
+    window: _Window,
+    baselines: Sequence[Baseline],
+    features: NDArray[np.float32],
+    missing: NDArray[np.bool_],
+    scores: NDArray[np.float32],
+) -> None:
+    window.rows += len(scores)
+    for i, baseline in enumerate(baselines):
+        if baseline.column < 0:
+            values = scores
+            window.missing[i] += int(np.isnan(values).sum())
+        else:
+            values = features[:, baseline.column]
+            window.missing[i] += int(missing[:, baseline.column].sum())
+        finite = values[~np.isnan(values)]
+        bins = np.searchsorted(baseline.edges, finite, side="right")
+        window.counts[i] += np.bincount(bins, minlength=baseline.bins)[: baseline.bins]

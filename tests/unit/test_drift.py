@@ -1,0 +1,56 @@
+"""Drift statistics and the windowed accumulator (pure)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from streams.monitoring.drift import Baseline, DriftAccumulator, drift_statistics
+
+
+def test_statistics_are_zero_for_the_baseline_and_grow_with_a_shift() -> None:
+    expected = np.array([0.25, 0.25, 0.25, 0.25])
+    same = drift_statistics(np.array([250, 250, 250, 250]), expected)
+    assert same == (0.0, 0.0, 0.0)
+    psi, ks, js = drift_statistics(np.array([100, 100, 300, 500]), expected)
+    p = np.array([0.1, 0.1, 0.3, 0.5])
+    assert math.isclose(psi, float(np.sum((p - expected) * np.log(p / expected))), rel_tol=1e-9)
+    assert math.isclose(ks, 0.3, rel_tol=1e-9)  # CDFs 0.1/0.25, 0.2/0.5 → max gap 0.3
+    assert 0 < js < 1
+    # An empty bin is floored, not infinite.
+    assert math.isfinite(drift_statistics(np.array([0, 0, 0, 10]), expected)[0])
+    assert drift_statistics(np.array([0, 0, 0, 0]), expected) == (0.0, 0.0, 0.0)
+
+
+def baselines() -> dict[str, list[Baseline]]:
+    edges = np.array([0.0, 10.0])  # bins (-inf, 0), [0, 10), [10, inf)
+    expected = np.array([0.1, 0.8, 0.1])
+    return {
+        "m": [
+            Baseline("amount", 0, edges, expected, 0.2),
+            Baseline("__score__", -1, edges, expected, 0.2),
+        ]
+    }
+
+
+def test_windows_close_on_each_partitions_own_clock_and_late_rows_are_counted() -> None:
+    acc = DriftAccumulator(60_000, baselines(), lateness_windows=1, idle_windows=10)
+    x = np.array([[5.0], [15.0], [-1.0], [5.0]], dtype=np.float32)
+    missing = np.array([[False], [False], [True], [False]])
+    scores = np.array([1.0, 2.0, np.nan, 3.0], dtype=np.float32)
+    acc.add("m", np.array([0, 0, 0, 1]), np.array([1_000, 2_000, 3_000, 4_000]), x, missing, scores)
+    # Partition 0 moved two windows on; partition 1 has not: only partition 0's window closes.
+    rows = acc.close({0: 125_000, 1: 4_000})
+    assert {(r.partition, r.feature) for r in rows} == {(0, "amount"), (0, "__score__")}
+    amount = next(r for r in rows if r.feature == "amount")
+    assert (amount.rows, amount.missing, amount.counts) == (3, 1, [1, 1, 1])
+    score = next(r for r in rows if r.feature == "__score__")
+    assert (score.missing, score.counts) == (1, [0, 2, 0])  # the NaN score is missing
+    # A row for the closed window is late: counted, not added.
+    acc.add("m", np.array([0]), np.array([5_000]), x[:1], missing[:1], scores[:1])
+    assert acc.late_rows == 1
+    # Partition 1 went quiet: it closes once the newest partition is 10 windows on.
+    assert acc.close({0: 125_000, 1: 4_000}) == []
+    late = acc.close({0: 4_000 + 11 * 60_000, 1: 4_000})
+    assert {r.partition for r in late} == {1}
