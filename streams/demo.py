@@ -1,186 +1,601 @@
-"""The main job on local defaults: broker up, topics, a simulated stream, the worker, a summary.
+"""The main job end to end on local defaults: bootstrap a world, stream live events, summarise.
 
-Everything it starts it stops again (the broker only if it was not already running).
+``run_demo`` starts the local broker if needed, bootstraps a simulated history (nightly
+features, a trained and promoted champion plus an MLP shadow), starts a worker with all
+four agents, streams live simulated events at a steady rate, waits until every one is
+scored or dead-lettered, and reads the summary from ClickHouse through the worker's
+``POST /sql`` endpoint (chDB: the worker owns the data path while it runs). Everything it
+started it stops again, on errors and Ctrl-C too; the broker only if it was not running.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
 
-from confluent_kafka import Message
+import orjson
 
-from streams.headers import (
-    DLQ_ERROR_CLASS,
-    DLQ_SOURCE_OFFSET,
-    DLQ_SOURCE_PARTITION,
-    SOURCE_OFFSET,
-    SOURCE_PARTITION,
-)
-from streams.infra.kafka import LocalKafka
-from streams.kafka import make_admin, make_consumer
-from streams.producer import EventProducer
-from streams.schemas.registry import SchemaRegistry
+from streams.errors import InfraError
 from streams.settings import Settings
-from streams.simulate.records import SimulationConfig, simulate_records
-from streams.topics import apply_topics, declared_topics, dlq_topic, valid_topic
 
-Progress = Callable[[str], None]
+SEED = 7  # bootstrap's and the live stream's population seed: same accounts, same merchants
+
+
+class Observer(Protocol):
+    """Where progress goes: one step at a time, each with an optional total."""
+
+    def begin(self, step: str, description: str, total: float | None = None) -> None: ...
+
+    def update(self, completed: float) -> None: ...
+
+    def end(self) -> None: ...
+
+    def say(self, line: str) -> None: ...
+
+
+class QuietObserver:
+    """An observer that reports nothing (library use, tests)."""
+
+    def begin(self, step: str, description: str, total: float | None = None) -> None:
+        return None
+
+    def update(self, completed: float) -> None:
+        return None
+
+    def end(self) -> None:
+        return None
+
+    def say(self, line: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """What the demo simulates; ``events`` (when set) wins over ``rate × seconds``."""
+
+    events: int | None = None
+    seconds: float = 60.0
+    rate: float = 1_000.0  # events/s; 0 = as fast as the producer goes
+    accounts: int = 5_000
+    history_days: int = 90
+    invalid_fraction: float = 0.03
+    fraud_rate: float | None = None  # None: fraud_rate_for(accounts)
+    shadow: bool = True  # also train an MLP and serve it as a shadow
+    drain_timeout_s: float = 300.0
+    min_merchant_events: int = 20  # a merchant needs this many events to be ranked
+
+    @property
+    def total_events(self) -> int:
+        if self.events is not None:
+            return self.events
+        if self.rate <= 0:
+            raise ValueError("with --rate 0 (as fast as possible) give --events")
+        return max(1, round(self.rate * self.seconds))
+
+
+def fraud_rate_for(accounts: int) -> float:
+    """1% fraud at 5,000 accounts and more; higher for smaller worlds (up to 5%), so the
+    training window still holds enough fraud for a holdout split."""
+    return min(0.05, max(0.01, 0.01 * 5_000 / max(accounts, 1)))
+
+
+class Pacer:
+    """Sends at ``rate`` per second on average: ``wait(sent)`` sleeps until ``sent`` is due.
+
+    Pacing by the total sent since the start (not per gap) means a late sleep is made up
+    by the next ones, so the long-run rate is exact. ``rate <= 0`` never sleeps.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        self._started = clock()
+
+    def delay(self, sent: int) -> float:
+        """Seconds to wait before event number ``sent`` (0-based) is due; never negative."""
+        if self.rate <= 0:
+            return 0.0
+        return max(0.0, sent / self.rate - (self._clock() - self._started))
+
+    def wait(self, sent: int) -> None:
+        ahead = self.delay(sent)
+        if ahead > 0:
+            self._sleep(ahead)
+
+    @property
+    def elapsed(self) -> float:
+        return self._clock() - self._started
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantRisk:
+    merchant_id: str
+    country: str
+    events: int
+    decline_rate: float
+    mean_score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    champion: str
+    shadow: str
+    events: int
+    decision_agreement: float
+    mean_abs_score_diff: float
 
 
 @dataclass(slots=True)
 class DemoSummary:
+    """What one demo run produced and what ClickHouse holds for it."""
+
+    raw_topic: str = ""
     produced: int = 0
+    produce_seconds: float = 0.0
     expected_valid: int = 0
-    expected_dead: collections.Counter[str] = field(default_factory=collections.Counter)
-    valid: int = 0
-    dead: collections.Counter[str] = field(default_factory=collections.Counter)
-    seconds: float = 0.0
+    expected_dead: dict[str, int] = field(default_factory=dict)
+    scored: int = 0  # events with an acted-on (champion) prediction
+    decisions: dict[str, int] = field(default_factory=dict)
+    human_review: int = 0
+    dlq: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p99, max
+    merchants: list[MerchantRisk] = field(default_factory=list)
+    agreement: list[Agreement] = field(default_factory=list)
+    models: dict[str, tuple[str, str]] = field(default_factory=dict)  # version → (role, provider)
+    durations_s: dict[str, float] = field(default_factory=dict)
+    complete: bool = False
 
     @property
-    def complete(self) -> bool:
-        return self.valid >= self.expected_valid and sum(self.dead.values()) >= sum(
-            self.expected_dead.values()
+    def dead(self) -> int:
+        return sum(self.dlq.values())
+
+    @property
+    def total_seconds(self) -> float:
+        return round(sum(self.durations_s.values()), 1)
+
+
+def format_summary(summary: DemoSummary) -> list[str]:
+    """The summary as printable lines (plain text, aligned)."""
+    lines: list[str] = []
+    expected_dead = sum(summary.expected_dead.values())
+    rate = summary.produced / summary.produce_seconds if summary.produce_seconds else 0.0
+    lines.append(f"raw topic               {summary.raw_topic}")
+    lines.append(f"events produced         {summary.produced:>9,}  ({rate:,.0f} events/s)")
+    scored, valid = summary.scored, summary.expected_valid
+    lines.append(f"events scored           {scored:>9,}  (expected {valid:,})")
+    for name in ("approve", "review", "decline"):
+        count = summary.decisions.get(name, 0)
+        lines.append(f"  {name:22}{count:>9,}  {_share(count, summary.scored)}")
+    human = summary.human_review
+    lines.append(f"  {'human review':22}{human:>9,}  {_share(human, summary.scored)}")
+    lines.append(f"dead letters            {summary.dead:>9,}  (expected {expected_dead:,})")
+    for reason, count in sorted(summary.dlq.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {reason:22}{count:>9,}")
+    if summary.latency_ms:
+        p50, p99 = summary.latency_ms.get("p50", 0.0), summary.latency_ms.get("p99", 0.0)
+        worst = summary.latency_ms.get("max", 0.0)
+        lines.append(
+            f"latency produce→queryable  p50 {p50:,.0f} ms  p99 {p99:,.0f} ms  max {worst:,.0f} ms"
         )
-
-
-def run_demo(
-    settings: Settings,
-    events: int = 20_000,
-    invalid_fraction: float = 0.03,
-    rate: float = 0.0,
-    say: Progress = print,
-    timeout: float = 300.0,
-) -> DemoSummary:
-    """Run the ingestion flow end to end and count what reached each topic."""
-    kafka = LocalKafka(settings) if settings.manages_local_kafka else None
-    started_broker = False
-    if kafka is not None and kafka.pid() is None:
-        say(f"starting Kafka 3.9.2 on {settings.bootstrap_servers} (jars fetched once) ...")
-        kafka.up()
-        started_broker = True
-    run_tag = uuid.uuid4().hex[:6]
-    # A fresh topic set per run keeps the summary about this run alone.
-    demo = settings.model_copy(
-        update={
-            "topic_prefix": f"{settings.topic_prefix}demo-{run_tag}.",
-            "app_id": f"demo-{run_tag}",
-        }
-    )
-    worker: subprocess.Popen[bytes] | None = None
-    summary = DemoSummary()
-    began = time.monotonic()
-    try:
-        registry = SchemaRegistry.load(demo.schemas_dir)
-        report = apply_topics(demo, declared_topics(registry.event_types), make_admin(demo))
-        say(f"topics: {len(report.created)} created under prefix {demo.topic_prefix}")
-        worker = _start_worker(demo)
-        say(f"worker started (pid {worker.pid}); simulating {events:,} events ...")
-        _simulate(demo, registry, events, invalid_fraction, rate, summary)
-        invalid = sum(summary.expected_dead.values())
-        say(
-            f"sent {summary.produced:,}: {summary.expected_valid:,} valid, {invalid:,} invalid; "
-            "waiting for the worker ..."
+    if summary.merchants:
+        lines.append("riskiest merchants (mean champion score, ≥ min events):")
+        lines.append(f"  {'merchant':14}{'country':>8}{'events':>8}{'decline':>9}{'score':>8}")
+        for m in summary.merchants:
+            lines.append(
+                f"  {m.merchant_id:14}{m.country:>8}{m.events:>8,}"
+                f"{m.decline_rate:>9.1%}{m.mean_score:>8.3f}"
+            )
+    for a in summary.agreement:
+        lines.append(
+            f"shadow {a.shadow} vs champion {a.champion}: {a.decision_agreement:.1%} same "
+            f"decision over {a.events:,} events, mean |Δscore| {a.mean_abs_score_diff:.4f}"
         )
-        _count_outputs(demo, summary, timeout)
-    finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        admin = make_admin(demo)
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(demo.topic_prefix)]
-        if names:
-            admin.delete_topics(names, operation_timeout=30)
-        if started_broker and kafka is not None:
-            kafka.down()
-            say("Kafka stopped")
-    summary.seconds = time.monotonic() - began
-    return summary
+    for version, (role, provider) in sorted(summary.models.items(), key=lambda kv: kv[1][0]):
+        lines.append(f"model {version} ({role}) on ONNX Runtime {provider}")
+    if summary.durations_s:
+        steps = "  ".join(f"{k} {v:.1f}s" for k, v in summary.durations_s.items())
+        lines.append(f"took {summary.total_seconds:.1f}s: {steps}")
+    return lines
 
 
-def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        **settings.to_env(STREAMSCORE_WEB_ENABLED="false", STREAMSCORE_LOG_LEVEL="warning"),
-    }
-    log = settings.home / "demo-worker.log"
-    settings.home.mkdir(parents=True, exist_ok=True)
+def _share(part: int, whole: int) -> str:
+    return f"({part / whole:.1%})" if whole else ""
+
+
+# -- the worker's read-only SQL endpoint ------------------------------------------------
+
+
+class WorkerSql:
+    """``POST /sql`` on a worker's web server (loopback only): rows as lists."""
+
+    def __init__(self, port: int, database: str, timeout: float = 30.0) -> None:
+        self.url = f"http://127.0.0.1:{port}/sql"
+        self.database = database  # bound as {db:Identifier}
+        self.timeout = timeout
+
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[list[Any]]:
+        bound = {"db": self.database, **(parameters or {})}
+        body = orjson.dumps({"sql": sql, "parameters": bound})
+        request = urllib.request.Request(  # noqa: S310 - a fixed http://127.0.0.1 URL
+            self.url, data=body, headers={"content-type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                payload = orjson.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise InfraError(f"{self.url} answered {exc.code}: {detail} (query: {sql})") from exc
+        rows: list[list[Any]] = payload["rows"]
+        return rows
+
+    def ready(self) -> bool:
+        try:
+            return self.query("select 1") == [[1]]
+        except (OSError, InfraError):
+            return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def start_worker(settings: Settings, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``streamscore worker`` on these settings in its own session (Ctrl-C is ours to pass on)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full = {**os.environ, **settings.to_env(STREAMSCORE_WORKER_ID=settings.worker_id, **env)}
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.cli.main", "worker"], env=env, stdout=out,
-            stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "streams.cli.main", "worker"], env=full, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
 
-def _simulate(
+def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; the exit code."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+    return int(worker.returncode)
+
+
+def check_alive(worker: subprocess.Popen[bytes], log: Path) -> None:
+    if worker.poll() is not None:
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+        raise InfraError(
+            f"the worker exited with {worker.returncode}; see {log}:\n" + "\n".join(tail)
+        )
+
+
+def wait_for_groups(
     settings: Settings,
-    registry: SchemaRegistry,
-    events: int,
-    invalid_fraction: float,
-    rate: float,
-    summary: DemoSummary,
+    agents: tuple[str, ...],
+    worker: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 120.0,
 ) -> None:
-    producer = EventProducer(settings, registry)
-    config = SimulationConfig(
-        start=datetime.now(tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0),
-        accounts=2_000, invalid_fraction=invalid_fraction, labels=False,
+    """Until each agent's consumer group is stable with partitions assigned."""
+    from confluent_kafka import ConsumerGroupState
+
+    from streams.kafka import make_admin
+
+    admin = make_admin(settings)
+    groups = [f"{settings.app_id}-{agent}" for agent in agents]  # batching.group_id
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check_alive(worker, log)
+        ready = 0
+        for future in admin.describe_consumer_groups(groups, request_timeout=5).values():
+            with contextlib.suppress(Exception):  # not there yet
+                group = future.result()
+                assigned = any(m.assignment.topic_partitions for m in group.members)
+                ready += group.state == ConsumerGroupState.STABLE and assigned
+        if ready == len(groups):
+            return
+        time.sleep(0.25)
+    raise InfraError(f"the worker's consumers ({', '.join(groups)}) not assigned in {timeout:.0f}s")
+
+
+def delete_run_topics(settings: Settings) -> None:
+    from streams.kafka import make_admin
+
+    admin = make_admin(settings)
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result()
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+class _Steps:
+    """Times named steps and drives the observer."""
+
+    def __init__(self, observer: Observer, durations: dict[str, float]) -> None:
+        self.observer = observer
+        self.durations = durations
+
+    @contextlib.contextmanager
+    def step(self, name: str, description: str, total: float | None = None) -> Iterator[None]:
+        began = time.perf_counter()
+        self.observer.begin(name, description, total)
+        try:
+            yield
+        finally:
+            self.observer.end()
+            self.durations[name] = round(time.perf_counter() - began, 2)
+
+
+def demo_settings(settings: Settings, tag: str) -> Settings:
+    """This run's settings: fresh topics and groups, models in <home>/models, the demo's own
+    lake in <home>/demo-lake, a free web port."""
+    return settings.model_copy(
+        update={
+            "lake_dir": str(settings.home / "demo-lake"),
+            "topic_prefix": f"{settings.topic_prefix}demo-{tag}.",
+            "app_id": f"demo-{tag}",
+            "worker_id": f"demo-{tag}",
+            "models_dir": settings.home / "models",
+            "web_enabled": True,
+            "web_port": free_port(),
+        }
+    )
+
+
+def run_demo(
+    settings: Settings, config: DemoConfig = DemoConfig(), observer: Observer | None = None
+) -> DemoSummary:
+    """Run the whole job once; the summary of what ClickHouse holds for this run."""
+    from streams.infra.kafka import LocalKafka
+
+    total = config.total_events  # check the arguments before starting anything
+    obs = observer or QuietObserver()
+    summary = DemoSummary()
+    steps = _Steps(obs, summary.durations_s)
+    demo = demo_settings(settings, uuid.uuid4().hex[:6])
+    log = demo.home / "demo-worker.log"
+    with contextlib.ExitStack() as cleanup:
+        kafka = LocalKafka(demo) if demo.manages_local_kafka else None
+        if kafka is not None and kafka.pid() is None:
+            with steps.step("broker", f"starting Kafka on {demo.bootstrap_servers}"):
+                kafka.up()
+            cleanup.callback(kafka.down)
+        with steps.step("setup", "topics and ClickHouse migrations"):
+            # The demo's lake is rebuilt each run: live events an earlier run archived
+            # would otherwise duplicate the history written over the same days now.
+            shutil.rmtree(demo.lake_url, ignore_errors=True)
+            _setup(demo)
+        cleanup.callback(delete_run_topics, demo)
+        _bootstrap(demo, config, steps)
+        with steps.step("worker", "starting the worker (ingest, score, dlq, lake)"):
+            worker = start_worker(demo, log, STREAMSCORE_AGENTS="ingest,score,dlq,lake")
+            cleanup.callback(stop_worker, worker)
+            sql = WorkerSql(demo.web_port, demo.clickhouse_database)
+            wait_for_groups(demo, ("ingest", "score", "dlq"), worker, log)
+            while not sql.ready():
+                check_alive(worker, log)
+                time.sleep(0.2)
+        with steps.step("stream", f"streaming {total:,} live events", total):
+            _stream(demo, config, total, summary, obs)
+        with steps.step("drain", "waiting for every event", summary.produced):
+            summary.complete = _drain(sql, summary, config.drain_timeout_s, obs, worker, log)
+        with steps.step("summary", "querying ClickHouse"):
+            read_summary(sql, summary, config.min_merchant_events)
+        with steps.step("stop", "stopping what the demo started"):
+            cleanup.close()
+    return summary
+
+
+def _setup(settings: Settings) -> None:
+    from streams.clickhouse import apply_migrations, connect
+    from streams.kafka import make_admin
+    from streams.schemas.registry import SchemaRegistry
+    from streams.topics import apply_topics, declared_topics
+
+    registry = SchemaRegistry.load(settings.schemas_dir)
+    apply_topics(settings, declared_topics(registry.event_types), make_admin(settings))
+    client = connect(settings)
+    try:
+        apply_migrations(client, settings.clickhouse_database)
+    finally:
+        client.close()
+
+
+def _bootstrap(settings: Settings, config: DemoConfig, steps: _Steps) -> None:
+    """``streams.bootstrap`` with each of its steps timed and shown."""
+    from streams.bootstrap import BootstrapConfig, bootstrap
+
+    current: contextlib.ExitStack | None = None
+
+    def step(message: str) -> None:
+        nonlocal current
+        if current is not None:
+            current.close()
+        name = message.split(":", 1)[0]
+        current = contextlib.ExitStack()
+        current.enter_context(steps.step(name, message))
+
+    boot = BootstrapConfig(
+        accounts=config.accounts,
+        history_days=config.history_days,
+        fraud_rate=_fraud_rate(config),
+        seed=SEED,
+        shadow_kind="mlp" if config.shadow else None,
+    )
+    try:
+        bootstrap(settings, boot, step=step)
+    finally:
+        if current is not None:
+            current.close()
+
+
+def _fraud_rate(config: DemoConfig) -> float:
+    return config.fraud_rate if config.fraud_rate is not None else fraud_rate_for(config.accounts)
+
+
+def _stream(
+    settings: Settings, config: DemoConfig, total: int, summary: DemoSummary, obs: Observer
+) -> None:
+    from streams.producer import EventProducer
+    from streams.schemas.registry import SchemaRegistry
+    from streams.simulate.records import SimulationConfig, simulate_records
+    from streams.topics import raw_topic
+
+    summary.raw_topic = raw_topic(settings)
+    producer = EventProducer(settings, SchemaRegistry.load(settings.schemas_dir))
+    simulation = SimulationConfig(
+        start=datetime.now(UTC), accounts=config.accounts, seed=SEED,
+        fraud_rate=_fraud_rate(config), invalid_fraction=config.invalid_fraction, labels=False,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_nesting_depth=settings.max_nesting_depth,
     )  # fmt: skip
-    began = time.monotonic()
-    for index, item in enumerate(simulate_records(config)):
-        if index >= events:
+    dead: collections.Counter[str] = collections.Counter()
+    pacer = Pacer(config.rate)
+    every = max(1, int(config.rate / 20)) if config.rate > 0 else 1000
+    for index, item in enumerate(simulate_records(simulation)):
+        if index >= total:
             break
+        if index % every == 0:
+            pacer.wait(index)
+            obs.update(index)
         producer.send_raw(item.value, item.key, list(item.headers))
         summary.produced += 1
         if item.valid:
             summary.expected_valid += 1
         else:
-            summary.expected_dead[item.expected] += 1
-        if rate > 0:
-            ahead = (index + 1) / rate - (time.monotonic() - began)
-            if ahead > 0:
-                time.sleep(ahead)
+            dead[item.expected] += 1
     producer.flush()
+    summary.produce_seconds = pacer.elapsed
+    summary.expected_dead = dict(dead)
+    obs.update(summary.produced)
 
 
-def bytes_headers(message: Message) -> dict[str, bytes]:
-    """A record's headers as a dict of bytes (confluent-kafka types them loosely)."""
-    raw = message.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    return {name: value for name, value in pairs if isinstance(value, bytes)}
-
-
-def _count_outputs(settings: Settings, summary: DemoSummary, timeout: float) -> None:
-    consumer = make_consumer(settings, f"demo-summary-{uuid.uuid4().hex[:6]}")
-    valid, dead = valid_topic(settings, "transaction"), dlq_topic(settings)
-    consumer.subscribe([valid, dead])
-    seen: set[tuple[str, int, int]] = set()  # dedupe re-deliveries on source coordinates
+def _drain(
+    sql: WorkerSql,
+    summary: DemoSummary,
+    timeout: float,
+    obs: Observer,
+    worker: subprocess.Popen[bytes],
+    log: Path,
+) -> bool:
+    """Until every valid event is scored and every invalid one dead-lettered (or timeout)."""
+    wanted = (summary.expected_valid, sum(summary.expected_dead.values()))
     deadline = time.monotonic() + timeout
-    try:
-        while not summary.complete and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=5000, timeout=0.5):
-                if message.error() is not None:
-                    continue
-                headers = bytes_headers(message)
-                if message.topic() == dead:
-                    partition, offset = headers[DLQ_SOURCE_PARTITION], headers[DLQ_SOURCE_OFFSET]
-                    key = ("dlq", int(partition), int(offset))
-                    if key not in seen:
-                        seen.add(key)
-                        summary.dead[headers[DLQ_ERROR_CLASS].decode()] += 1
-                else:
-                    key = ("ok", int(headers[SOURCE_PARTITION]), int(headers[SOURCE_OFFSET]))
-                    if key not in seen:
-                        seen.add(key)
-                        summary.valid += 1
-    finally:
-        consumer.close()
+    while True:
+        check_alive(worker, log)
+        scored, dead = sql.query(
+            "select (select count() from {db:Identifier}.predictions final"
+            " where topic = {t:String} and decided),"
+            " (select count() from {db:Identifier}.dlq_events final where topic = {t:String})",
+            {"t": summary.raw_topic},
+        )[0]
+        obs.update(int(scored) + int(dead))
+        if int(scored) >= wanted[0] and int(dead) >= wanted[1]:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
+def read_summary(sql: WorkerSql, summary: DemoSummary, min_events: int = 20) -> None:
+    """Fill ``summary`` from ClickHouse, every query scoped to this run's raw topic."""
+    t = {"t": summary.raw_topic}
+    summary.decisions, summary.human_review, summary.scored = {}, 0, 0
+    for decision, count, human in sql.query(
+        "select toString(decision), count(), countIf(human_review) "
+        "from {db:Identifier}.predictions final where topic = {t:String} and decided "
+        "group by decision",
+        t,
+    ):
+        summary.decisions[str(decision)] = int(count)
+        summary.human_review += int(human)
+        summary.scored += int(count)
+    summary.dlq = {
+        str(reason): int(count)
+        for reason, count in sql.query(
+            "select reason, count() from {db:Identifier}.dlq_events final "
+            "where topic = {t:String} group by reason",
+            t,
+        )
+    }
+    rows = sql.query(
+        "select quantilesExact(0.5, 0.99)(ms), max(ms) from ("
+        "select toUnixTimestamp64Milli(inserted_at) - toUnixTimestamp64Milli(produced_at) as ms "
+        "from {db:Identifier}.predictions final where topic = {t:String} and decided)",
+        t,
+    )
+    if rows and summary.scored:
+        (p50, p99), worst = rows[0]
+        summary.latency_ms = {"p50": float(p50), "p99": float(p99), "max": float(worst)}
+    summary.merchants = [
+        MerchantRisk(str(m), str(c), int(n), float(d), float(s))
+        for m, c, n, d, s in sql.query(
+            "select merchant_id, toString(merchant_country), count() as n, "
+            "countIf(decision = 'decline') / n, avgIf(score, not isNaN(score)) as s "
+            "from {db:Identifier}.predictions final where topic = {t:String} and decided "
+            "group by merchant_id, merchant_country "
+            "having n >= {min:UInt32} order by s desc, n desc limit 10",
+            {**t, "min": min_events},
+        )
+    ]
+    summary.agreement = [
+        Agreement(str(c), str(s), int(n), float(agree), float(diff))
+        for c, s, n, agree, diff in sql.query(
+            "select c.version, s.version, count(), countIf(c.decision = s.decision) / count(), "
+            "avgIf(abs(c.score - s.score), not (isNaN(c.score) or isNaN(s.score))) "
+            "from (select partition, offset, model_version as version, decision, score "
+            "from {db:Identifier}.predictions final "
+            "where topic = {t:String} and model_role = 'champion') as c "
+            "inner join (select partition, offset, model_version as version, decision, score "
+            "from {db:Identifier}.predictions final "
+            "where topic = {t:String} and model_role = 'shadow') as s "
+            "on c.partition = s.partition and c.offset = s.offset group by c.version, s.version",
+            t,
+        )
+    ]
+    roles = dict(
+        sql.query(
+            "select model_version, any(toString(model_role)) "
+            "from {db:Identifier}.predictions final where topic = {t:String} group by 1",
+            t,
+        )
+    )
+    providers = dict(
+        sql.query(
+            "select model_version, argMax(toString(provider), loaded_at) "
+            "from {db:Identifier}.models group by model_version"
+        )
+    )
+    summary.models = {v: (str(role), str(providers.get(v, "?"))) for v, role in roles.items()}

@@ -1,32 +1,115 @@
-"""``streamscore demo``: the main job end to end on local defaults."""
+"""``streamscore demo``: the main job end to end on local defaults (see ``streams.demo``)."""
 
 from __future__ import annotations
+
+import signal
+import warnings
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from streams.settings import Settings
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+
+class RichObserver:
+    """Progress bars for ``streams.demo``: one line per step, kept when it ends."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+
+    def begin(self, step: str, description: str, total: float | None = None) -> None:
+        self.task = self.progress.add_task(f"{step:8} {description}", total=total)
+
+    def update(self, completed: float) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=completed)
+
+    def end(self) -> None:
+        if self.task is not None:
+            task = self.progress.tasks[self.task]
+            total = task.total if task.total is not None else 1.0
+            self.progress.update(self.task, total=total, completed=max(task.completed, total))
+            self.progress.stop_task(self.task)
+            self.task = None
+
+    def say(self, line: str) -> None:
+        self.progress.console.print(line)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # the same clean-up as Ctrl-C
+
 
 @click.command()
-@click.option("--events", default=20_000, show_default=True, help="Events to simulate.")
+@click.option("--seconds", default=60.0, show_default=True, help="How long to stream.")
+@click.option("--rate", default=1000.0, show_default=True, help="Events/s (0 = flat out).")
+@click.option("--events", type=int, default=None, help="Events to stream [rate × seconds].")
+@click.option("--accounts", default=5000, show_default=True, help="Simulated accounts.")
+@click.option("--history-days", default=90, show_default=True, help="Days of history.")
 @click.option("--invalid-fraction", default=0.03, show_default=True, help="Share of bad records.")
-@click.option("--rate", default=0.0, show_default=True, help="Events/s (0 = as fast as possible).")
+@click.option("--shadow/--no-shadow", default=True, show_default=True, help="MLP shadow model.")
 @click.pass_obj
-def demo(settings: Settings, events: int, invalid_fraction: float, rate: float) -> None:
-    """Broker up, topics, simulated stream with fraud and invalid events, worker, summary.
+def demo(
+    settings: Settings,
+    seconds: float,
+    rate: float,
+    events: int | None,
+    accounts: int,
+    history_days: int,
+    invalid_fraction: float,
+    shadow: bool,
+) -> None:
+    """History → nightly features → trained models → worker → live stream → summary.
 
-    Starts the local Kafka broker if needed and stops what it started.
+    Starts the local Kafka broker if needed, bootstraps a simulated world in
+    STREAMSCORE_HOME (models in <home>/models), streams live transactions with fraud and
+    invalid records through a worker running every agent, waits until each one is scored
+    or dead-lettered, and prints what ClickHouse holds for this run. Stops what it
+    started, on Ctrl-C too.
     """
-    from streams.demo import run_demo
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
-    summary = run_demo(settings, events, invalid_fraction, rate, say=click.echo)
+    from streams.demo import DemoConfig, format_summary, run_demo
+
+    if rate <= 0 and events is None:
+        raise click.BadParameter("--rate 0 (flat out) needs --events", param_hint="--events")
+    config = DemoConfig(
+        events=events, seconds=seconds, rate=rate, accounts=accounts,
+        history_days=history_days, invalid_fraction=invalid_fraction, shadow=shadow,
+    )  # fmt: skip
+    # dbt, Feast and dask warn about their own dependencies; none of it is actionable here.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    columns = (
+        SpinnerColumn(finished_text="✓"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, transient=False) as progress:
+            summary = run_demo(settings, config, RichObserver(progress))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo("")
-    click.echo(f"events produced        {summary.produced:>8,}")
-    click.echo(f"valid → hand-off topic {summary.valid:>8,}  (expected {summary.expected_valid:,})")
-    total_dead, expected_dead = sum(summary.dead.values()), sum(summary.expected_dead.values())
-    click.echo(f"invalid → DLQ          {total_dead:>8,}  (expected {expected_dead:,})")
-    for reason, count in summary.dead.most_common():
-        click.echo(f"  {reason:22}{count:>8,}  (expected {summary.expected_dead[reason]:,})")
-    click.echo(f"took {summary.seconds:.1f}s")
+    for line in format_summary(summary):
+        click.echo(line)
     if not summary.complete:
-        raise click.ClickException("not every event reached its topic in time; see demo-worker.log")
+        raise click.ClickException(
+            f"not every event was scored or dead-lettered within {config.drain_timeout_s:.0f}s; "
+            f"see {settings.home / 'demo-worker.log'}"
+        )

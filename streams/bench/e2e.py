@@ -1,0 +1,425 @@
+"""``streamscore bench e2e``: raw topic → ingest → score → ClickHouse, one worker, end to end.
+
+A small world is bootstrapped once into ``<home>/bench-e2e`` (history, nightly, LightGBM
+champion; no shadow, so each event is scored once) and reused. Then, in one run:
+
+(a) ceiling: a raw confluent-kafka consume + orjson decode loop over N pre-loaded events;
+(b) throughput: one worker (ingest, score, dlq; web off) from process start until the last
+    prediction is queryable (its predictions-topic message is sent after the insert):
+    sustained events/s from the predictions' broker timestamps, wall events/s, peak RSS;
+(c) latency: a fresh topic set fed at a fixed rate; ``inserted_at − produced_at`` per
+    event, read from ClickHouse after the worker stopped (chDB: one process at a time).
+
+Events come from ``simulate_records`` with the world's population (real account, card and
+merchant ids), 2% invalid. Invalid kinds are the ones that are JSON text (the ceiling loop
+decodes every record), without ``payload_too_large`` (256 KiB each): a few hundred of those
+would dominate the bytes a benchmark of event rates moves.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import psutil
+
+from streams.demo import Pacer, delete_run_topics, start_worker, stop_worker, wait_for_groups
+from streams.settings import Settings
+
+AGENTS = "ingest,score,dlq"
+SEED = 7
+GOAL_EPS = 50_000.0
+GOAL_RATIO = 0.5
+GOAL_P99_MS = 50.0
+
+Headers = list[tuple[str, str | bytes | None]]
+Record = tuple[bytes | None, bytes, Headers, bool]  # key, value, headers, valid
+
+
+@dataclass(frozen=True, slots=True)
+class WorldConfig:
+    accounts: int = 20_000
+    history_days: int = 30
+
+
+@dataclass(slots=True)
+class E2EResult:
+    events: int = 0
+    valid: int = 0
+    preload_eps: float = 0.0
+    ceiling_eps: float = 0.0
+    sustained_eps: float = 0.0  # first → last prediction, broker timestamps
+    wall_eps: float = 0.0  # worker process start → last prediction queryable
+    inserted_eps: float = 0.0  # first → last ClickHouse inserted_at
+    startup_s: float = 0.0  # worker start → first prediction
+    peak_rss_mb: float = 0.0
+    stages_ms: dict[str, float] = field(default_factory=dict)  # mean per batch
+    batch_events: float = 0.0
+    latency_rate: float = 0.0  # events/s asked for
+    latency_achieved: float = 0.0
+    latency_events: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.sustained_eps / self.ceiling_eps if self.ceiling_eps else 0.0
+
+
+# -- pure helpers -------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0–100) with linear interpolation (numpy's default); NaN if empty."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {q}")
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def latency_summary(values: Sequence[float]) -> dict[str, float]:
+    """p50, p90, p99, max and mean of latencies (ms); empty for no values."""
+    if not values:
+        return {}
+    return {
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": max(values),
+        "mean": sum(values) / len(values),
+    }
+
+
+def sustained_rate(first_ms: float, last_ms: float, count: int) -> float:
+    """Events/s between the first and last of ``count`` timestamped events (0 if undefined).
+
+    ``count - 1`` intervals fit between the first and the last event.
+    """
+    span = (last_ms - first_ms) / 1000
+    return (count - 1) / span if count > 1 and span > 0 else 0.0
+
+
+def format_table(result: E2EResult) -> list[str]:
+    """The result as an aligned table, each line with its goal where there is one."""
+
+    def row(name: str, value: str, goal: str = "", met: bool | None = None) -> str:
+        mark = "" if met is None else ("  ok" if met else "  short")
+        return f"{name:36}{value:>16}  {goal:>12}{mark}"
+
+    r = result
+    lat = r.latency_ms
+    p99 = lat.get("p99", math.nan)
+    lines = [
+        row("measure", "value", "goal"),
+        row("events pre-loaded (valid)", f"{r.events:,} ({r.valid:,})"),
+        row("pre-load produce rate", f"{r.preload_eps:,.0f}/s"),
+        row("(a) ceiling: consume + orjson", f"{r.ceiling_eps:,.0f}/s"),
+        row(
+            "(b) worker sustained",
+            f"{r.sustained_eps:,.0f}/s",
+            f"≥ {GOAL_EPS:,.0f}/s",
+            r.sustained_eps >= GOAL_EPS,
+        ),
+        row("    ratio to ceiling", f"{r.ratio:.2f}", f"≥ {GOAL_RATIO}", r.ratio >= GOAL_RATIO),
+        row("    sustained by inserted_at", f"{r.inserted_eps:,.0f}/s"),
+        row("    wall, incl. start-up", f"{r.wall_eps:,.0f}/s"),
+        row("    start-up to first prediction", f"{r.startup_s:.1f} s"),
+        row("    worker peak RSS", f"{r.peak_rss_mb:,.0f} MB"),
+        row("    events per scoring batch", f"{r.batch_events:,.0f}"),
+    ]
+    for stage, ms in r.stages_ms.items():
+        lines.append(row(f"    mean {stage} per batch", f"{ms:,.1f} ms"))
+    lines += [
+        row(
+            f"(c) latency at {r.latency_rate:,.0f}/s",
+            f"{r.latency_events:,} events",
+        ),
+        row("    achieved produce rate", f"{r.latency_achieved:,.0f}/s"),
+        row("    p50 produce → queryable", f"{lat.get('p50', math.nan):,.1f} ms"),
+        row("    p90", f"{lat.get('p90', math.nan):,.1f} ms"),
+        row("    p99", f"{p99:,.1f} ms", f"≤ {GOAL_P99_MS:.0f} ms", p99 <= GOAL_P99_MS),
+        row("    max", f"{lat.get('max', math.nan):,.1f} ms"),
+    ]
+    return lines
+
+
+# -- the world ------------------------------------------------------------------------------
+
+
+def bench_settings(settings: Settings) -> Settings:
+    """The bench's own home (lake, chDB, Feast, models) under ``<home>/bench-e2e``."""
+    home = settings.home / "bench-e2e"
+    update: dict[str, Any] = {
+        "home": home,
+        "models_dir": home / "models",
+        "lake_dir": "",
+        "web_enabled": False,
+        "log_level": "warning",
+        "nightly_cron": "",
+    }
+    if not settings.clickhouse_dsn.startswith(("http://", "https://")):
+        update["clickhouse_dsn"] = ""  # <bench home>/chdb
+    return settings.model_copy(update=update)
+
+
+def ensure_world(settings: Settings, world: WorldConfig, fresh: bool = False) -> bool:
+    """Bootstrap the bench world unless one of this size is there; True if it was built now."""
+    from streams.bootstrap import BootstrapConfig, bootstrap
+    from streams.clickhouse import apply_migrations, connect
+
+    marker = settings.home / "world.json"
+    wanted = {"accounts": world.accounts, "history_days": world.history_days, "seed": SEED}
+    if not fresh and marker.exists() and orjson.loads(marker.read_bytes()) == wanted:
+        return False
+    client = connect(settings)
+    try:
+        apply_migrations(client, settings.clickhouse_database)
+    finally:
+        client.close()
+    config = BootstrapConfig(accounts=world.accounts, history_days=world.history_days, seed=SEED)
+    bootstrap(settings, config)
+    marker.write_bytes(orjson.dumps(wanted))
+    return True
+
+
+def records(accounts: int, invalid_fraction: float = 0.02) -> Iterator[Record]:
+    """Endless raw records for the world's population, live from now."""
+    from streams.simulate.records import SimulationConfig, simulate_records
+
+    config = SimulationConfig(
+        start=datetime.now(UTC), accounts=accounts, seed=SEED,
+        invalid_fraction=invalid_fraction, labels=False, text_only=True,
+    )  # fmt: skip
+    for item in simulate_records(config):
+        if item.invalid_kind != "payload_too_large":
+            headers: Headers = [*item.headers]
+            yield item.key, item.value, headers, item.valid
+
+
+def _fresh(settings: Settings, name: str) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    run = settings.model_copy(
+        update={
+            "topic_prefix": f"bench-e2e-{tag}.",
+            "app_id": f"bench-{name}-{tag}",
+            "worker_id": f"bench-{name}-{tag}",
+        }
+    )
+    from streams.kafka import make_admin
+    from streams.schemas.registry import SchemaRegistry
+    from streams.topics import apply_topics, declared_topics
+
+    registry = SchemaRegistry.load(run.schemas_dir)
+    apply_topics(run, declared_topics(registry.event_types), make_admin(run))
+    return run
+
+
+def produce(
+    settings: Settings, source: Iterator[Record], count: int, rate: float = 0.0
+) -> tuple[int, float]:
+    """Produce ``count`` records to the raw topic (at ``rate``/s if > 0): (valid, seconds)."""
+    from streams.kafka import make_producer
+    from streams.topics import raw_topic
+
+    producer = make_producer(settings, **{"linger.ms": 5 if rate else 20})
+    topic = raw_topic(settings)
+    valid = 0
+    pacer = Pacer(rate)
+    step = max(1, int(rate / 1000)) if rate else 10_000
+    for index in range(count):
+        key, value, headers, ok = next(source)
+        if index % step == 0:
+            pacer.wait(index)
+            producer.poll(0)
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        valid += ok
+    seconds = pacer.elapsed
+    if producer.flush(120):
+        raise RuntimeError(f"records to {topic} not acknowledged within 120 s")
+    return valid, seconds
+
+
+def _watch(
+    settings: Settings,
+    worker: subprocess.Popen[bytes],
+    expected: int,
+    timeout: float,
+) -> tuple[int, int, int, float]:
+    """Count predictions messages until ``expected``: (seen, first ms, last ms, peak RSS MB)."""
+    from streams.kafka import make_consumer
+    from streams.topics import PREDICTIONS, topic_name
+
+    consumer = make_consumer(settings, f"bench-watch-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic_name(settings, PREDICTIONS)])
+    proc = psutil.Process(worker.pid)
+    seen, first_ms, last_ms, peak = 0, 0, 0, 0
+    deadline = time.monotonic() + timeout
+    try:
+        while seen < expected and time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {worker.returncode}")
+            for message in consumer.consume(num_messages=10_000, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                seen += 1
+                stamp = message.timestamp()[1]
+                first_ms = stamp if not first_ms else min(first_ms, stamp)
+                last_ms = max(last_ms, stamp)
+            peak = max(peak, proc.memory_info().rss)
+    finally:
+        consumer.close()
+    if seen < expected:
+        raise RuntimeError(f"only {seen:,} of {expected:,} events scored within {timeout:.0f}s")
+    return seen, first_ms, last_ms, peak / 2**20
+
+
+def _query(settings: Settings, sql: str, topic: str) -> list[Sequence[Any]]:
+    from streams.clickhouse import connect
+
+    client = connect(settings)
+    try:
+        parameters = {"t": topic, "db": settings.clickhouse_database}
+        rows = client.query(sql, parameters=parameters).result_rows
+        return list(rows)
+    finally:
+        client.close()
+
+
+def throughput(settings: Settings, events: int, result: E2EResult, log: Path) -> None:
+    """(a) and (b) on one pre-loaded topic set."""
+    from streams.bench.ingest import ceiling
+    from streams.topics import raw_topic
+
+    run = _fresh(settings, "throughput")
+    try:
+        accounts = orjson.loads((settings.home / "world.json").read_bytes())["accounts"]
+        result.events = events
+        result.valid, seconds = produce(run, records(accounts), events)
+        result.preload_eps = events / seconds
+        result.ceiling_eps = ceiling(run, events)
+        started = time.perf_counter()
+        started_ms = time.time() * 1000
+        worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS)
+        try:
+            seen, first_ms, last_ms, result.peak_rss_mb = _watch(
+                run, worker, result.valid, timeout=1800
+            )
+            wall = time.perf_counter() - started
+        finally:
+            stop_worker(worker)
+        result.sustained_eps = sustained_rate(first_ms, last_ms, seen)
+        result.wall_eps = seen / wall
+        result.startup_s = (first_ms - started_ms) / 1000
+        (n, first, last, batch, queue, feature, model), *_ = _query(
+            settings,
+            "select count(), toUnixTimestamp64Milli(min(inserted_at)), "
+            "toUnixTimestamp64Milli(max(inserted_at)), count() / uniqExact(scored_at), "
+            "avg(queue_ms), avg(feature_ms), avg(model_ms) from {db:Identifier}.predictions "
+            "where topic = {t:String}",
+            raw_topic(run),
+        )
+        result.inserted_eps = sustained_rate(float(first), float(last), int(n))
+        result.batch_events = float(batch)
+        result.stages_ms = {"queue": queue, "feature": feature, "model": model}
+    finally:
+        delete_run_topics(run)
+
+
+def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, log: Path) -> None:
+    """(c): a fresh worker fed at ``rate``; latencies read from ClickHouse afterwards."""
+    from streams.topics import raw_topic
+
+    run = _fresh(settings, "latency")
+    count = round(rate * seconds)
+    try:
+        accounts = orjson.loads((settings.home / "world.json").read_bytes())["accounts"]
+        source = iter(list(_take(records(accounts), count)))  # generated before the clock runs
+        worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS)
+        try:
+            wait_for_groups(run, ("ingest", "score", "dlq"), worker, log)
+            valid, took = produce(run, source, count, rate)
+            _watch(run, worker, valid, timeout=600)
+        finally:
+            stop_worker(worker)
+        rows = _query(
+            settings,
+            "select toUnixTimestamp64Milli(inserted_at) - toUnixTimestamp64Milli(produced_at) "
+            "from {db:Identifier}.predictions final where topic = {t:String} and decided",
+            raw_topic(run),
+        )
+        values = [float(r[0]) for r in rows]
+        result.latency_rate = rate
+        result.latency_achieved = count / took
+        result.latency_events = len(values)
+        result.latency_ms = latency_summary(values)
+    finally:
+        delete_run_topics(run)
+
+
+def _take(source: Iterator[Record], count: int) -> Iterator[Record]:
+    for _, item in zip(range(count), source, strict=False):
+        yield item
+
+
+@click.command()
+@click.option("--events", default=1_000_000, show_default=True, help="Events to pre-load.")
+@click.option("--rate", default=5_000.0, show_default=True, help="Latency run: events/s.")
+@click.option("--seconds", default=30.0, show_default=True, help="Latency run: how long.")
+@click.option("--accounts", default=20_000, show_default=True, help="World size.")
+@click.option("--fresh-world", is_flag=True, help="Bootstrap again even if a world exists.")
+@click.option("--skip-latency", is_flag=True, help="Only the ceiling and throughput runs.")
+@click.pass_obj
+def e2e(
+    settings: Settings,
+    events: int,
+    rate: float,
+    seconds: float,
+    accounts: int,
+    fresh_world: bool,
+    skip_latency: bool,
+) -> None:
+    """One worker end to end (ingest → score → ClickHouse) against the raw-consumer ceiling.
+
+    Starts the local broker if this project manages it (and leaves it running, as
+    ``bench ingest`` does). The world lives in <home>/bench-e2e and is reused.
+    """
+    import warnings
+
+    from streams.infra.kafka import LocalKafka
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    bench = bench_settings(settings)
+    if bench.manages_local_kafka:
+        LocalKafka(bench).up()
+    began = time.perf_counter()
+    if ensure_world(bench, WorldConfig(accounts=accounts), fresh=fresh_world):
+        click.echo(f"world bootstrapped in {time.perf_counter() - began:.0f}s ({bench.home})")
+    result = E2EResult()
+    log = bench.home / "bench-worker.log"
+    click.echo(f"pre-loading {events:,} events, then ceiling and one worker ...")
+    throughput(bench, events, result, log)
+    if not skip_latency:
+        click.echo(f"latency run: {rate:,.0f} events/s for {seconds:.0f}s ...")
+        latency(bench, rate, seconds, result, log)
+    click.echo("")
+    for line in format_table(result):
+        click.echo(line)
+    click.echo(f"took {time.perf_counter() - began:.0f}s; worker log: {log}")

@@ -1,0 +1,60 @@
+"""The end-to-end benchmark's pure parts: percentiles, rates, the table. No network."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from streams.bench.e2e import (
+    E2EResult,
+    format_table,
+    latency_summary,
+    percentile,
+    sustained_rate,
+)
+
+
+@pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 99, 99.9, 100])
+def test_percentile_matches_numpy_linear_interpolation(q: float) -> None:
+    values = [float(v) for v in np.random.default_rng(3).exponential(20.0, size=1001)]
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_percentile_of_small_and_empty_inputs() -> None:
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([1.0, 3.0], 50) == 2.0
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError, match="percentile"):
+        percentile([1.0], 101)
+
+
+def test_latency_summary_orders_its_percentiles() -> None:
+    summary = latency_summary([float(v) for v in range(1, 101)])
+    assert summary["p50"] == pytest.approx(50.5)
+    assert summary["p50"] <= summary["p90"] <= summary["p99"] <= summary["max"] == 100.0
+    assert summary["mean"] == pytest.approx(50.5)
+    assert latency_summary([]) == {}
+
+
+def test_sustained_rate_counts_intervals_between_first_and_last() -> None:
+    assert sustained_rate(1_000, 2_000, 1_001) == pytest.approx(1000.0)
+    assert sustained_rate(1_000, 1_000, 50) == 0.0  # all in one instant: undefined
+    assert sustained_rate(1_000, 3_000, 1) == 0.0
+
+
+def test_table_marks_goals_met_and_missed() -> None:
+    result = E2EResult(
+        events=1_000_000, valid=980_000, ceiling_eps=400_000.0, sustained_eps=60_000.0,
+        latency_rate=5_000.0, latency_events=150_000,
+        latency_ms={"p50": 20.0, "p90": 40.0, "p99": 80.0, "max": 200.0},
+    )  # fmt: skip
+    lines = format_table(result)
+    sustained = next(line for line in lines if "worker sustained" in line)
+    ratio = next(line for line in lines if "ratio to ceiling" in line)
+    p99 = next(line for line in lines if line.strip().startswith("p99"))
+    assert "60,000/s" in sustained and sustained.endswith("ok")
+    assert "0.15" in ratio and ratio.endswith("short")
+    assert "80.0 ms" in p99 and p99.endswith("short")
+    assert result.ratio == pytest.approx(0.15)

@@ -1,0 +1,134 @@
+"""The demo's pure parts: pacing, config, summary text, fraud rate. No network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.demo import (
+    Agreement,
+    DemoConfig,
+    DemoSummary,
+    MerchantRisk,
+    Pacer,
+    demo_settings,
+    format_summary,
+    fraud_rate_for,
+)
+from streams.settings import Settings
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_pacer_sleeps_until_each_event_is_due() -> None:
+    clock = FakeClock()
+    pacer = Pacer(1000.0, clock=clock, sleep=clock.sleep)
+    pacer.wait(0)
+    assert clock.slept == []  # the first event is due at once
+    pacer.wait(500)
+    assert clock.slept == [pytest.approx(0.5)]
+    assert pacer.elapsed == pytest.approx(0.5)
+
+
+def test_pacer_makes_up_for_a_late_sender_instead_of_drifting() -> None:
+    clock = FakeClock()
+    pacer = Pacer(100.0, clock=clock, sleep=clock.sleep)
+    clock.now += 2.0  # the sender stalled for 2 s: events 0..199 are all overdue
+    assert pacer.delay(150) == 0.0
+    pacer.wait(199)
+    assert clock.slept == []
+    assert pacer.delay(300) == pytest.approx(1.0)  # due at 3 s, now is 2 s
+
+
+def test_pacer_at_rate_zero_never_sleeps() -> None:
+    clock = FakeClock()
+    pacer = Pacer(0.0, clock=clock, sleep=clock.sleep)
+    pacer.wait(1_000_000)
+    assert clock.slept == []
+
+
+def test_total_events_is_rate_times_seconds_unless_given() -> None:
+    assert DemoConfig(rate=1000, seconds=60).total_events == 60_000
+    assert DemoConfig(rate=1000, seconds=60, events=123).total_events == 123
+    assert DemoConfig(rate=0.5, seconds=1).total_events == 1
+    with pytest.raises(ValueError, match="--events"):
+        _ = DemoConfig(rate=0).total_events
+
+
+def test_fraud_rate_is_one_percent_for_big_worlds_and_capped_for_small_ones() -> None:
+    assert fraud_rate_for(5_000) == 0.01
+    assert fraud_rate_for(50_000) == 0.01
+    assert fraud_rate_for(2_500) == pytest.approx(0.02)
+    assert fraud_rate_for(800) == 0.05
+    assert fraud_rate_for(0) == 0.05
+
+
+def test_demo_settings_isolate_the_run_and_keep_models_out_of_the_checkout(
+    tmp_path: Path,
+) -> None:
+    base = Settings(home=tmp_path / "home", web_enabled=False)
+    one, two = demo_settings(base, "aaa111"), demo_settings(base, "bbb222")
+    assert one.topic_prefix == "streamscore.demo-aaa111."
+    assert one.app_id != two.app_id and one.topic_prefix != two.topic_prefix
+    assert one.models_dir == tmp_path / "home" / "models"
+    assert one.lake_url == str(tmp_path / "home" / "demo-lake")
+    assert one.web_enabled and 0 < one.web_port < 65536
+
+
+def summary() -> DemoSummary:
+    return DemoSummary(
+        raw_topic="streamscore.demo-abc.events.raw",
+        produced=1030,
+        produce_seconds=1.03,
+        expected_valid=1000,
+        expected_dead={"schema_violation": 25, "not_json": 5},
+        scored=1000,
+        decisions={"approve": 950, "review": 40, "decline": 10},
+        human_review=12,
+        dlq={"not_json": 5, "schema_violation": 25},
+        latency_ms={"p50": 12.4, "p99": 48.6, "max": 70.0},
+        merchants=[MerchantRisk("m_000042", "DE", 31, 0.0645, 0.41234)],
+        agreement=[Agreement("fraud_lightgbm-1", "fraud_mlp-1", 1000, 0.987, 0.01234)],
+        models={"fraud_lightgbm-1": ("champion", "CPUExecutionProvider")},
+        durations_s={"nightly": 30.0, "stream": 60.04},
+        complete=True,
+    )
+
+
+def test_summary_names_every_number_the_demo_promises() -> None:
+    text = "\n".join(format_summary(summary()))
+    assert "events produced             1,030  (1,000 events/s)" in text
+    assert "events scored               1,000  (expected 1,000)" in text
+    assert "decline                      10  (1.0%)" in text
+    assert "human review                 12  (1.2%)" in text
+    assert "dead letters                   30  (expected 30)" in text
+    assert "p50 12 ms  p99 49 ms" in text
+    assert "m_000042" in text and "6.5%" in text and "0.412" in text
+    assert "98.7% same decision over 1,000 events" in text
+    assert "fraud_lightgbm-1 (champion) on ONNX Runtime CPUExecutionProvider" in text
+    assert "took 90.0s" in text
+
+
+def test_summary_lists_dead_letter_reasons_most_frequent_first() -> None:
+    lines = format_summary(summary())
+    reasons = [line.split()[0] for line in lines if line.startswith(("  not_json", "  schema_v"))]
+    assert reasons == ["schema_violation", "not_json"]
+
+
+def test_summary_of_an_empty_run_has_no_division_by_zero() -> None:
+    lines = format_summary(DemoSummary())
+    assert any("events scored" in line for line in lines)
+    assert not any("latency" in line for line in lines)
+    assert not any("shadow" in line for line in lines)
