@@ -310,6 +310,8 @@ class Scoring:
         self.send(self.review_topic, review)
         await asyncio.to_thread(self.flush)
         t2 = time.perf_counter()
+        if not self.counts["scored"]:
+            log.info("scoring: first batch of %d events written", scored.n_events)
         self.counts["scored"] += scored.n_events
         self.counts["review"] += len(review)
         if (m := self.metrics) is not None:
