@@ -34,26 +34,16 @@ def replay(
     Predictions keep the events' original raw coordinates, so re-driving twice adds
     nothing. Records still invalid are counted by reason and stay in the DLQ.
     """
-    from rich.progress import Progress
-
-    from streams.cli.replay import open_writable, report, span_request
+    from streams.cli.replay import run_and_report, span_request
     from streams.replay import redrive
 
     if from_offset is None and from_time is None:
         from_time = "1970-01-01T00:00:00+00:00"  # the whole DLQ
     request = span_request(from_offset, from_time, to_offset, to_time, None)
-    gateway = open_writable(settings)
-    try:
-        with Progress(transient=True) as bar:
-            task = bar.add_task("re-driving", total=None)
-            span, counts, run_id = redrive(
-                settings,
-                gateway,
-                request,
-                reasons=reasons,
-                model=model,
-                progress=lambda n: bar.advance(task, n),
-            )
-    finally:
-        gateway.close()
-    report(span, counts, run_id)
+    run_and_report(
+        settings,
+        "re-driving",
+        lambda gateway, progress: redrive(
+            settings, gateway, request, reasons=reasons, model=model, progress=progress
+        ),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,22 @@ def open_writable(settings: Settings) -> Any:
     return ClickHouseGateway.open(settings)
 
 
+def run_and_report(
+    settings: Settings, label: str, run: Callable[[Any, Callable[[int], None]], Any]
+) -> None:
+    """``run(gateway, progress)`` with a writable gateway and a progress bar, then report."""
+    from rich.progress import Progress
+
+    gateway = open_writable(settings)
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task(label, total=None)
+            span, counts, run_id = run(gateway, lambda n: bar.advance(task, n))
+    finally:
+        gateway.close()
+    report(span, counts, run_id)
+
+
 def report(span: Any, counts: Any, run_id: str) -> None:
     click.echo(f"run id              {run_id}")
     click.echo(f"range               {span.describe()}  ({span.size:,} records)")
@@ -97,24 +114,15 @@ def replay(
     and model version are skipped, so running the same replay twice adds nothing and a
     replay with another --model adds one row per event for that model.
     """
-    from rich.progress import Progress
-
     from streams.replay import replay as run_replay
     from streams.topics import raw_topic
 
     request = span_request(from_offset, from_time, to_offset, to_time, partitions)
-    gateway = open_writable(settings)
-    try:
-        with Progress(transient=True) as bar:
-            task = bar.add_task("re-scoring", total=None)
-            span, counts, run_id = run_replay(
-                settings,
-                gateway,
-                request,
-                topic=topic or raw_topic(settings),
-                model=model,
-                progress=lambda n: bar.advance(task, n),
-            )
-    finally:
-        gateway.close()
-    report(span, counts, run_id)
+    source = topic or raw_topic(settings)
+    run_and_report(
+        settings,
+        "re-scoring",
+        lambda gateway, progress: run_replay(
+            settings, gateway, request, topic=source, model=model, progress=progress
+        ),
+    )

@@ -7,12 +7,14 @@ developer's own broker. Each test gets its own topic prefix and consumer group.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,24 +84,35 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def start_worker(
-    settings: Settings, tmp_path: Path
-) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start ``streamscore worker`` processes; every one still running is stopped at the end."""
+def _worker_starter(
+    settings: Settings, logs: Path
+) -> tuple[Callable[..., subprocess.Popen[bytes]], list[subprocess.Popen[bytes]]]:
+    """A function starting ``streamscore worker`` processes on ``settings``, and the list
+    of those it started. Each process logs to ``logs/worker-N.log`` (``process.log_path``)."""
     started: list[subprocess.Popen[bytes]] = []
 
     def start(**extra: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"worker-{len(started)}.log").open("wb") as log:
+        path = logs / f"worker-{len(started)}.log"
+        with path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli.main", "worker"],
                 env=worker_env(settings, **extra),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        process.log_path = path  # type: ignore[attr-defined]
         started.append(process)
         return process
 
+    return start, started
+
+
+@pytest.fixture
+def start_worker(
+    settings: Settings, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``streamscore worker`` processes; every one still running is stopped at the end."""
+    start, started = _worker_starter(settings, tmp_path)
     yield start
     for process in started:
         if process.poll() is None:
@@ -151,3 +164,107 @@ def delete_topics(settings: Settings) -> None:
     if names:
         for future in admin.delete_topics(names, operation_timeout=30).values():
             future.result()
+
+
+# -- a scoring world: history → nightly → LightGBM champion + MLP shadow (+ an unserved model)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """History → nightly → LightGBM champion + MLP shadow, once for the module."""
+    from streams.bootstrap import BootstrapConfig, bootstrap
+
+    root = tmp_path_factory.mktemp("scoring-world")
+    settings = Settings(
+        home=root / "home",
+        models_dir=root / "models",
+        providers="cpu",
+        clickhouse_dsn=f"chdb://{root / 'chdb'}",
+    )
+    config = BootstrapConfig(
+        accounts=800,
+        history_days=100,  # > 90 + the training window: 90-day features are full-length
+        train_days=4,
+        label_lag_days=3,
+        fraud_rate=0.05,
+        n_estimators=30,
+        shadow_kind="mlp",
+    )
+    report = bootstrap(settings, config)
+    # A third model, trained but not serving, for replays with another version.
+    from datetime import timedelta
+
+    from streams.features.registry import load_feature_service
+    from streams.features.training import build_training_set
+    from streams.scoring.training import import_training_package
+    from streams.settings import project_root
+
+    models = import_training_package(project_root() / "models")
+    first = report.today - timedelta(days=config.train_days + config.label_lag_days)
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    table = build_training_set(settings, start, start + timedelta(days=config.train_days))
+    spec = load_feature_service(settings, settings.feature_service)
+    alt = models.TrainConfig(kind="lightgbm", version="alt", n_estimators=10)
+    models.train(spec, table, settings.models_dir / "artifacts", alt)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def scoring_settings(settings: Settings, world: Path, tmp_path: Path) -> Iterator[Settings]:
+    """The broker test settings pointed at a private copy of the world's ClickHouse."""
+    from streams.clickhouse import apply_migrations, connect
+    from streams.features.runs import latest_successful_run, record_run
+    from streams.kafka import make_admin
+    from streams.schemas.registry import SchemaRegistry
+    from streams.topics import apply_topics, declared_topics
+
+    # A private ClickHouse per test holding the world's nightly run (chDB data
+    # directories cannot be copied: their metadata links are absolute).
+    chdb = tmp_path / "chdb"
+    db = settings.clickhouse_database
+    source = connect(settings.model_copy(update={"clickhouse_dsn": f"chdb://{world / 'chdb'}"}))
+    run = latest_successful_run(source, db, settings.feature_service)
+    source.close()
+    assert run is not None
+    target = connect(settings.model_copy(update={"clickhouse_dsn": f"chdb://{chdb}"}))
+    apply_migrations(target, db)
+    record_run(target, db, run)
+    target.close()
+    registry = SchemaRegistry.load(settings.schemas_dir)
+    apply_topics(settings, declared_topics(registry.event_types), make_admin(settings))
+    yield settings.model_copy(
+        update={
+            "home": world / "home",  # features and feast live here; the broker is named:
+            "kafka_bootstrap": settings.bootstrap_servers,
+            "models_dir": world / "models",
+            "providers": "cpu",
+            "clickhouse_dsn": f"chdb://{chdb}",
+            "worker_id": f"test-{uuid.uuid4().hex[:6]}",
+        }
+    )
+    delete_topics(settings)
+
+
+@pytest.fixture
+def start_scorer(
+    scoring_settings: Settings, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``streamscore worker`` processes on the scoring settings; kill leftovers at the end."""
+    start, started = _worker_starter(scoring_settings, tmp_path)
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def wait_for_log(process: subprocess.Popen[bytes], text: str, timeout: float = 60) -> None:
+    """Until the worker's log holds ``text`` (or it died, or ``timeout``)."""
+    path: Path = process.log_path  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"worker never logged {text!r}; see {path}")

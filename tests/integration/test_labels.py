@@ -1,22 +1,19 @@
 """Labels end to end: scored transactions, their late labels, label-based views, promotion.
 
-A small module-scoped world (history → nightly → LightGBM champion + MLP shadow, as in
-test_scoring.py), one worker run that ingests and scores transactions and ingests hand-made
-labels for them, then the labels handler called in-process on the label valid topic.
+On the module-scoped scoring world (conftest): one worker run that ingests and scores
+transactions and ingests hand-made labels for them, then the labels handler called
+in-process on the label valid topic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,7 +24,7 @@ from streams.kafka import make_producer
 from streams.settings import Settings
 from streams.simulate.records import SimRecord, SimulationConfig, schema_headers, simulate_records
 from streams.topics import LABELS_RAW, PREDICTIONS, raw_topic, topic_name, valid_topic
-from tests.integration.conftest import delete_topics, read_topic, worker_env
+from tests.integration.conftest import read_topic
 
 pytestmark = [
     pytest.mark.integration,
@@ -36,90 +33,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """History → nightly → LightGBM champion + MLP shadow, once for the module (small)."""
-    from streams.bootstrap import BootstrapConfig, bootstrap
-
-    root = tmp_path_factory.mktemp("labels-world")
-    settings = Settings(
-        home=root / "home",
-        models_dir=root / "models",
-        providers="cpu",
-        clickhouse_dsn=f"chdb://{root / 'chdb'}",
-    )
-    config = BootstrapConfig(
-        accounts=800,
-        history_days=30,
-        train_days=4,
-        label_lag_days=3,
-        fraud_rate=0.05,
-        n_estimators=20,
-        shadow_kind="mlp",
-    )
-    bootstrap(settings, config)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def scoring_settings(settings: Settings, world: Path, tmp_path: Path) -> Iterator[Settings]:
-    """The broker test settings pointed at a private copy of the world's ClickHouse."""
-    from streams.clickhouse import apply_migrations, connect
-    from streams.features.runs import latest_successful_run, record_run
-    from streams.kafka import make_admin
-    from streams.schemas.registry import SchemaRegistry
-    from streams.topics import apply_topics, declared_topics
-
-    chdb = tmp_path / "chdb"
-    db = settings.clickhouse_database
-    source = connect(settings.model_copy(update={"clickhouse_dsn": f"chdb://{world / 'chdb'}"}))
-    run = latest_successful_run(source, db, settings.feature_service)
-    source.close()
-    assert run is not None
-    target = connect(settings.model_copy(update={"clickhouse_dsn": f"chdb://{chdb}"}))
-    apply_migrations(target, db)
-    record_run(target, db, run)
-    target.close()
-    registry = SchemaRegistry.load(settings.schemas_dir)
-    apply_topics(settings, declared_topics(registry.event_types), make_admin(settings))
-    yield settings.model_copy(
-        update={
-            "home": world / "home",
-            "kafka_bootstrap": settings.bootstrap_servers,
-            "models_dir": world / "models",
-            "providers": "cpu",
-            "clickhouse_dsn": f"chdb://{chdb}",
-            "worker_id": f"test-{uuid.uuid4().hex[:6]}",
-        }
-    )
-    delete_topics(settings)
-
-
-@pytest.fixture
-def start_scorer(
-    scoring_settings: Settings, tmp_path: Path
-) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(**extra: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"worker-{len(started)}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli.main", "worker"],
-                env=worker_env(scoring_settings, **extra),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 def transactions(count: int, seed: int) -> list[SimRecord]:
