@@ -113,38 +113,42 @@ def decode_events(
         parsed.append(obj)
         kept.append(event)
     while True:
-        bad = _find_bad_rows(parsed, columns, time_field)
-        if not bad:
-            break
+        arrays, bad = _build_columns(parsed, columns, time_field)
+        if arrays is not None:
+            return DecodedBatch(kept, pa.table(arrays), failed, parsed)
         for index in sorted(bad, reverse=True):
             failed.append((kept.pop(index), bad[index]))
             parsed.pop(index)
-    arrays = {
-        name: _time_column([p.get(name) for p in parsed])
-        if name == time_field
-        else pa.array([p.get(name) for p in parsed], type=dtype)
-        for name, dtype in columns.items()
-    }
-    return DecodedBatch(kept, pa.table(arrays), failed, parsed)
 
 
-def _find_bad_rows(
+_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
+
+
+def _build_columns(
     parsed: list[dict[str, Any]], columns: Mapping[str, pa.DataType], time_field: str
-) -> dict[int, str]:
-    """Rows whose values do not convert to the column types (normally none: they validated)."""
+) -> tuple[dict[str, pa.Array] | None, dict[int, str]]:
+    """The Arrow columns, each built once; or None and the rows of the first column that
+    does not convert, with why (normally never: the events validated)."""
+    arrays: dict[str, pa.Array] = {}
     for name, dtype in columns.items():
         values = [p.get(name) for p in parsed]
+
+        def convert(items: list[Any], name: str = name, dtype: pa.DataType = dtype) -> pa.Array:
+            return _time_column(items) if name == time_field else pa.array(items, type=dtype)
+
         try:
-            _time_column(values) if name == time_field else pa.array(values, type=dtype)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            arrays[name] = convert(values)
+        except _CONVERSION_ERRORS:
             bad: dict[int, str] = {}
             for i, value in enumerate(values):
                 try:
-                    _time_column([value]) if name == time_field else pa.array([value], type=dtype)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+                    convert([value])
+                except _CONVERSION_ERRORS:
                     bad[i] = f"field {name!r} = {value!r} is not a valid {dtype}"
-            return bad
-    return {}
+            if not bad:  # each row converts alone: not a row's fault, so do not loop
+                raise
+            return None, bad
+    return arrays, {}
 
 
 def _time_column(values: list[Any]) -> pa.Array:
@@ -183,15 +187,14 @@ class ScoredEvents:
         score = np.zeros(n, dtype=np.float32)
         decision = np.zeros(n, dtype=np.int8)
         review = np.zeros(n, dtype=np.bool_)
-        model = [""] * n
+        model = np.full(n, "", dtype=object)
         for m in self.models:
             rows = m.decided
             score[rows] = m.scores[rows]
             decision[rows] = m.decisions.decision[rows]
             review[rows] = m.decisions.human_review[rows]
-            for i in np.flatnonzero(rows):
-                model[i] = m.model_id
-        return score, decision, review, model
+            model[rows] = m.model_id
+        return score, decision, review, model.tolist()
 
 
 class FeatureSource(Protocol):
