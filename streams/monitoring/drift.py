@@ -15,6 +15,13 @@ up) and here (``drift_statistics``, the same formulas, for logs and metrics):
 * KS = max |CDF_p − CDF_q| on the bins (a binned two-sample KS statistic),
 * Jensen-Shannon distance = sqrt(½ KL(p‖m) + ½ KL(q‖m)), m = (p + q)/2, base 2 (0…1).
 
+A window alerts when its PSI is both material and significant: above the feature's
+threshold from the registry, and above the PSI that sampling alone reaches one window in
+a thousand. Without drift, PSI ≈ χ²(k − 1) · (1/n + 1/m) for n window rows, m baseline
+rows and k non-empty bins, so the noise floor is ``critical · (1/n + 1/m)`` with
+``critical`` the χ² 0.999 quantile. A 0.1 threshold over 250 rows and 10 bins would
+otherwise fire on noise alone about once in 200 windows.
+
 A window is exactly once per partition: a restarted or newly assigned worker seeds an
 open (partition, window) from the ``predictions`` already in ClickHouse before it adds
 new rows, and re-emitting a window replaces the same key (ReplacingMergeTree).
@@ -33,6 +40,15 @@ from streams.scoring.metadata import Histogram, ModelMetadata
 
 EPSILON = 1e-4
 SCORE = "__score__"  # the pseudo-feature holding the model's score distribution
+ALERT_MIN_ROWS = 200
+Z_999 = 3.0902  # the standard normal 0.999 quantile
+
+
+def chi2_quantile(dof: int, z: float = Z_999) -> float:
+    """The χ² quantile for ``dof`` degrees of freedom at the normal quantile ``z``
+    (Wilson-Hilferty: 3% above the exact value at 1 degree of freedom, under 2% from 3 on)."""
+    k = max(dof, 1)
+    return float(k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +60,11 @@ class Baseline:
     edges: NDArray[np.float64]  # interior cut points: bins (-inf,e0), [e0,e1), …, [e_last, inf)
     expected: NDArray[np.float64]
     threshold: float  # PSI above which the window alerts; 0 = not alerted (reported only)
+    reference_rows: int = 0  # rows the baseline was built from; 0 = unknown (taken as many)
 
     @classmethod
     def from_histogram(
-        cls, name: str, column: int, histogram: Histogram, threshold: float
+        cls, name: str, column: int, histogram: Histogram, threshold: float, reference_rows: int = 0
     ) -> Baseline:
         return cls(
             name,
@@ -55,26 +72,54 @@ class Baseline:
             np.asarray(histogram.edges, dtype=np.float64),
             np.asarray(histogram.proportions, dtype=np.float64),
             threshold,
+            reference_rows,
         )
 
     @property
     def bins(self) -> int:
         return len(self.expected)
 
+    @property
+    def critical(self) -> float:
+        """χ² 0.999 quantile for the baseline's non-empty bins less one."""
+        return chi2_quantile(int(np.count_nonzero(self.expected > EPSILON)) - 1)
+
+    def noise_floor(self, rows: int) -> float:
+        """The PSI a window of ``rows`` reaches by sampling alone once in a thousand."""
+        reference = 1 / self.reference_rows if self.reference_rows > 0 else 0.0
+        return self.critical * (1 / max(rows, 1) + reference)
+
+    def alerts(self, psi: float, rows: int) -> bool:
+        """The ``drift_stats`` alert rule: material, significant and enough rows."""
+        return (
+            self.threshold > 0
+            and rows >= ALERT_MIN_ROWS
+            and psi > self.threshold
+            and psi > self.noise_floor(rows)
+        )
+
 
 def model_baselines(
     metadata: ModelMetadata, thresholds: Mapping[str, float], score_threshold: float = 0.2
 ) -> list[Baseline]:
-    """The model's features in input order (those with a baseline), then its score."""
+    """The model's features in input order (those with a baseline), then its score.
+
+    Feature baselines come from the training rows, the score's from the holdout rows."""
+    train_rows = int(metadata.training_data.get("train_rows", 0))
+    holdout_rows = int(metadata.training_data.get("holdout_rows", 0))
     out = [
         Baseline.from_histogram(
-            name, column, metadata.feature_baselines[name], thresholds.get(name, 0.2)
+            name, column, metadata.feature_baselines[name], thresholds.get(name, 0.2), train_rows
         )
         for column, name in enumerate(metadata.feature_names)
         if name in metadata.feature_baselines
     ]
     if metadata.score_baseline is not None:
-        out.append(Baseline.from_histogram(SCORE, -1, metadata.score_baseline, score_threshold))
+        out.append(
+            Baseline.from_histogram(
+                SCORE, -1, metadata.score_baseline, score_threshold, holdout_rows
+            )
+        )
     return out
 
 

@@ -57,12 +57,24 @@ class DriftMonitor:
         baselines = {s.model_id: model_baselines(s.metadata, self.thresholds) for s in scorers}
         self.accumulator.baselines = baselines
         rows = [
-            [model, b.name, b.column, b.edges.tolist(), b.expected.tolist(), b.threshold]
+            [
+                model,
+                b.name,
+                b.column,
+                b.edges.tolist(),
+                b.expected.tolist(),
+                b.threshold,
+                b.reference_rows,
+                b.critical,
+            ]
             for model, columns in baselines.items()
             for b in columns
         ]
         if rows:
-            names = ("model_version", "feature", "feature_index", "edges", "expected", "threshold")
+            names = (
+                "model_version", "feature", "feature_index", "edges", "expected", "threshold",
+                "reference_rows", "critical",
+            )  # fmt: skip
             self.gateway.insert_columns("drift_baselines", list(zip(*rows, strict=True)), names)
 
     def assigned(self, partitions: Sequence[int]) -> None:

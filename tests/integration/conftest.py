@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,13 +19,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from streams.infra.kafka import LocalKafka
-from streams.kafka import make_admin, make_consumer
+from streams.kafka import make_admin, make_consumer, make_producer
 from streams.settings import Settings
+from streams.simulate.records import SimRecord, SimulationConfig, simulate_records
+from streams.topics import PREDICTIONS, raw_topic, topic_name
 
 pytestmark = pytest.mark.integration
+
+# The scoring world: its history and live traffic come from one population and fraud rate,
+# so a stream without injected drift has the distribution the models were trained on.
+WORLD_ACCOUNTS = 800
+WORLD_SEED = 7
+WORLD_FRAUD_RATE = 0.05
 
 
 def free_port() -> int:
@@ -182,11 +192,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         clickhouse_dsn=f"chdb://{root / 'chdb'}",
     )
     config = BootstrapConfig(
-        accounts=800,
+        accounts=WORLD_ACCOUNTS,
+        seed=WORLD_SEED,
         history_days=100,  # > 90 + the training window: 90-day features are full-length
         train_days=4,
         label_lag_days=3,
-        fraud_rate=0.05,
+        fraud_rate=WORLD_FRAUD_RATE,
         n_estimators=30,
         shadow_kind="mlp",
     )
@@ -268,3 +279,87 @@ def wait_for_log(process: subprocess.Popen[bytes], text: str, timeout: float = 6
             return
         time.sleep(0.2)
     raise AssertionError(f"worker never logged {text!r}; see {path}")
+
+
+Coordinates = tuple[str, int, int]
+
+
+def records(count: int, invalid_fraction: float, seed: int = WORLD_SEED) -> list[SimRecord]:
+    """Live traffic from the world's population at the world's fraud rate."""
+    config = SimulationConfig(
+        start=datetime.now(UTC), accounts=WORLD_ACCOUNTS, seed=seed, fraud_rate=WORLD_FRAUD_RATE,
+        invalid_fraction=invalid_fraction, labels=False,
+    )  # fmt: skip
+    out: list[SimRecord] = []
+    for item in simulate_records(config):
+        out.append(item)
+        if len(out) == count:
+            break
+    return out
+
+
+def publish(
+    settings: Settings, items: list[SimRecord], rate: float | None = None
+) -> dict[Coordinates, SimRecord]:
+    """Produce raw records (at ``rate`` per second if given); where each one landed."""
+    producer = make_producer(settings)
+    topic = raw_topic(settings)
+    landed: dict[Coordinates, SimRecord] = {}
+
+    def delivered(err: Any, msg: Any, item: SimRecord) -> None:
+        assert err is None, err
+        landed[(topic, msg.partition(), msg.offset())] = item
+
+    started = time.monotonic()
+    for i, item in enumerate(items):
+        producer.produce(
+            topic, value=item.value, key=item.key, headers=list(item.headers),
+            on_delivery=lambda err, msg, item=item: delivered(err, msg, item),
+        )  # fmt: skip
+        if rate and i % 100 == 0:
+            producer.poll(0)
+            ahead = i / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    assert producer.flush(60) == 0
+    return landed
+
+
+def wait_for_predictions(
+    settings: Settings,
+    expected: set[Coordinates],
+    timeout: float,
+    worker: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Until every expected raw coordinate has a message on the predictions topic."""
+    consumer = make_consumer(settings, f"reader-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic_name(settings, PREDICTIONS)])
+    missing = set(expected)
+    deadline = time.monotonic() + timeout
+    try:
+        while missing and time.monotonic() < deadline:
+            if worker is not None and worker.poll() is not None:
+                raise AssertionError(f"the worker exited with {worker.returncode}")
+            for m in consumer.consume(num_messages=5000, timeout=0.5):
+                if m.error() is None:
+                    source = orjson.loads(m.value())["source"]
+                    missing.discard((source["topic"], source["partition"], source["offset"]))
+    finally:
+        consumer.close()
+    assert not missing, f"{len(missing)} events never scored, e.g. {sorted(missing)[:3]}"
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+
+
+def query(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    from streams.clickhouse import connect
+
+    client = connect(settings)
+    try:
+        db = settings.clickhouse_database
+        return list(client.query(sql.replace("{db}", db)).result_rows)
+    finally:
+        client.close()

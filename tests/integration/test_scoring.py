@@ -24,9 +24,17 @@ import pytest
 
 from streams.kafka import make_consumer, make_producer
 from streams.settings import Settings
-from streams.simulate.records import SimRecord, SimulationConfig, simulate_records
-from streams.topics import PREDICTIONS, REVIEW, raw_topic, topic_name
-from tests.integration.conftest import wait_for_log
+from streams.simulate.records import SimRecord
+from streams.topics import REVIEW, raw_topic, topic_name
+from tests.integration.conftest import (
+    Coordinates,
+    publish,
+    query,
+    records,
+    stop,
+    wait_for_log,
+    wait_for_predictions,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,88 +43,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-Coordinates = tuple[str, int, int]
-
-
-def records(count: int, invalid_fraction: float, seed: int) -> list[SimRecord]:
-    config = SimulationConfig(
-        start=datetime.now(UTC), accounts=800, seed=seed,
-        invalid_fraction=invalid_fraction, labels=False,
-    )  # fmt: skip
-    out: list[SimRecord] = []
-    for item in simulate_records(config):
-        out.append(item)
-        if len(out) == count:
-            break
-    return out
-
-
-def publish(
-    settings: Settings, items: list[SimRecord], rate: float | None = None
-) -> dict[Coordinates, SimRecord]:
-    """Produce raw records (at ``rate`` per second if given); where each one landed."""
-    producer = make_producer(settings)
-    topic = raw_topic(settings)
-    landed: dict[Coordinates, SimRecord] = {}
-
-    def delivered(err: Any, msg: Any, item: SimRecord) -> None:
-        assert err is None, err
-        landed[(topic, msg.partition(), msg.offset())] = item
-
-    started = time.monotonic()
-    for i, item in enumerate(items):
-        producer.produce(
-            topic, value=item.value, key=item.key, headers=list(item.headers),
-            on_delivery=lambda err, msg, item=item: delivered(err, msg, item),
-        )  # fmt: skip
-        if rate and i % 100 == 0:
-            producer.poll(0)
-            ahead = i / rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-    assert producer.flush(60) == 0
-    return landed
-
-
-def wait_for_predictions(
-    settings: Settings,
-    expected: set[Coordinates],
-    timeout: float,
-    worker: subprocess.Popen[bytes] | None = None,
-) -> None:
-    """Until every expected raw coordinate has a message on the predictions topic."""
-    consumer = make_consumer(settings, f"reader-{uuid.uuid4().hex[:8]}")
-    consumer.subscribe([topic_name(settings, PREDICTIONS)])
-    missing = set(expected)
-    deadline = time.monotonic() + timeout
-    try:
-        while missing and time.monotonic() < deadline:
-            if worker is not None and worker.poll() is not None:
-                raise AssertionError(f"the worker exited with {worker.returncode}")
-            for m in consumer.consume(num_messages=5000, timeout=0.5):
-                if m.error() is None:
-                    source = orjson.loads(m.value())["source"]
-                    missing.discard((source["topic"], source["partition"], source["offset"]))
-    finally:
-        consumer.close()
-    assert not missing, f"{len(missing)} events never scored, e.g. {sorted(missing)[:3]}"
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(60)
-
-
-def query(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
-    from streams.clickhouse import connect
-
-    client = connect(settings)
-    try:
-        db = settings.clickhouse_database
-        return list(client.query(sql.replace("{db}", db)).result_rows)
-    finally:
-        client.close()
 
 
 def stored_sources(settings: Settings) -> tuple[set[Coordinates], set[Coordinates]]:

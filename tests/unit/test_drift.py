@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import chi2
 
-from streams.monitoring.drift import Baseline, DriftAccumulator, drift_statistics
+from streams.monitoring.drift import Baseline, DriftAccumulator, chi2_quantile, drift_statistics
 
 
 def test_statistics_are_zero_for_the_baseline_and_grow_with_a_shift() -> None:
@@ -54,3 +55,40 @@ def test_windows_close_on_each_partitions_own_clock_and_late_rows_are_counted() 
     assert acc.close({0: 125_000, 1: 4_000}) == []
     late = acc.close({0: 4_000 + 11 * 60_000, 1: 4_000})
     assert {r.partition for r in late} == {1}
+
+
+def test_chi2_quantile_is_close_to_the_exact_value() -> None:
+    for dof in (1, 2, 3, 5, 9, 20, 50):
+        exact = float(chi2.ppf(0.999, dof))
+        tolerance = 0.035 if dof < 5 else 0.015
+        assert abs(chi2_quantile(dof) - exact) / exact < tolerance, dof
+
+
+def test_noise_floor_is_the_0999_quantile_of_psi_without_drift() -> None:
+    """Draw windows from the baseline itself: about one in a thousand passes the floor."""
+    rng = np.random.default_rng(3)
+    expected = np.full(10, 0.1)
+    baseline = Baseline("f", 0, np.arange(1.0, 10.0), expected, threshold=0.05, reference_rows=0)
+    rows = 250
+    psis = np.array(
+        [drift_statistics(rng.multinomial(rows, expected), expected)[0] for _ in range(20_000)]
+    )
+    above = float(np.mean(psis > baseline.noise_floor(rows)))
+    assert 0.0002 <= above <= 0.003, above
+    # while a 0.05 threshold alone fires on noise in more than one window in ten
+    assert float(np.mean(psis > baseline.threshold)) > 0.1
+
+
+def test_a_window_alerts_only_when_material_significant_and_large_enough() -> None:
+    expected = np.array([0.0, 0.25, 0.25, 0.25, 0.25])
+    baseline = Baseline("f", 0, np.arange(0.0, 4.0), expected, threshold=0.1, reference_rows=1000)
+    assert baseline.critical == chi2_quantile(3)  # empty bins carry no degree of freedom
+    floor = baseline.noise_floor(250)
+    assert floor == baseline.critical * (1 / 250 + 1 / 1000)
+    assert baseline.alerts(max(floor, 0.1) + 0.01, 250)
+    assert not baseline.alerts(max(floor, 0.1) + 0.01, 199)  # too few rows
+    assert not baseline.alerts(0.099, 10_000)  # significant, not material
+    small = Baseline("f", 0, np.arange(0.0, 4.0), expected, threshold=0.01, reference_rows=1000)
+    assert not small.alerts(small.noise_floor(250) * 0.99, 250)  # material, not significant
+    silent = Baseline("f", 0, np.arange(0.0, 4.0), expected, threshold=0.0)
+    assert not silent.alerts(5.0, 10_000)  # threshold 0: reported, never alerted
