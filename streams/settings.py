@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,6 +120,13 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, description="STREAMSCORE_WEB_PORT: worker web server.")
     web_enabled: bool = Field(default=True, description="STREAMSCORE_WEB_ENABLED.")
     log_level: str = Field(default="info", description="STREAMSCORE_LOG_LEVEL.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description=(
+            "STREAMSCORE_LOG_FORMAT: text (faust's console format) or json (one object per "
+            "line with worker_id, batch_id and the event's ids, for a log pipeline)."
+        ),
+    )
 
     # Nightly features (dbt + Feast) and the lake.
     lake_dir: str = Field(

@@ -17,6 +17,7 @@ from streams.agents.score import register_score_agent
 from streams.app import create_app
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.kafka import make_admin
+from streams.monitoring.logs import logging_config
 from streams.monitoring.metrics import WorkerMetrics, register_metrics_endpoint
 from streams.nightly import NightlyRun, run_nightly
 from streams.schemas.registry import SchemaRegistry
@@ -87,5 +88,10 @@ def nightly_job(
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM."""
     app = build_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    level = settings.log_level.upper()
+    if settings.log_format == "json":
+        config = logging_config(level, settings.worker_id)
+        worker = faust.Worker(app, loglevel=level, quiet=True, logging_config=config)
+    else:
+        worker = faust.Worker(app, loglevel=level, quiet=True)
     worker.execute_from_commandline()

@@ -35,6 +35,7 @@ from confluent_kafka import Message, TopicPartition
 
 from streams.errors import StreamscoreError
 from streams.kafka import make_consumer
+from streams.monitoring.logs import batch_scope
 from streams.monitoring.metrics import WorkerMetrics
 from streams.settings import Settings
 
@@ -173,7 +174,8 @@ class BatchAgent(mode.Service):
             if not batch:
                 continue
             started = time.perf_counter()
-            await self._guard(self.handler(batch), f"batch of {len(batch)}")
+            with batch_scope(batch_id(self.agent_name, batch)):
+                await self._guard(self.handler(batch), f"batch of {len(batch)}")
             consumer.store_offsets(offsets=next_offsets(batch))
             if self.metrics is not None:
                 self.metrics.observe_batch(
@@ -202,6 +204,12 @@ class BatchAgent(mode.Service):
             )  # fmt: skip
             logging.shutdown()
             os._exit(EXIT_UNEXPECTED)
+
+
+def batch_id(agent: str, batch: Sequence[Message]) -> str:
+    """Names a batch by where it starts: ``ingest:events.raw/2@1045+500``."""
+    first = batch[0]
+    return f"{agent}:{first.topic()}/{first.partition()}@{first.offset()}+{len(batch)}"
 
 
 def _usable(message: Message, agent: str) -> bool:

@@ -7,7 +7,6 @@ hand-off's acknowledgements; only then does ``BatchAgent`` store the batch's off
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import faust
@@ -20,8 +19,6 @@ from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.sinks.handoff import KafkaHandoff
 from streams.topics import raw_topics
-
-log = logging.getLogger("streams.agents.ingest")
 
 # Exit code when a hand-off fails: the process stops before the batch's offsets are
 # stored, so the committed offsets never pass an event that was not delivered.
@@ -61,12 +58,6 @@ def register_ingest_agent(
         if metrics is not None:
             metrics.count("ingest", "valid", len(accepted))
             metrics.count_dlq("ingest", (d.reason for d in dead))
-        if dead:
-            log.info(
-                "batch of %d: %d valid, %d to DLQ (%s)",
-                len(records), len(accepted), len(dead),
-                ", ".join(sorted({d.reason for d in dead})),
-            )  # fmt: skip
 
     agent = BatchAgent(
         settings,

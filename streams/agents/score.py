@@ -251,11 +251,11 @@ class Scoring:
             else:
                 marks = {}
             self.marks.load(partition, marks)
-        if self.drift is not None:
-            self.drift.assigned(mine)
             log.info(
                 "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)
             )
+        if self.drift is not None:
+            self.drift.assigned(mine)
 
     def prepare(
         self, events: Sequence[ValidEvent], picked_up_ms: int
@@ -297,6 +297,10 @@ class Scoring:
             # Before the predictions: a crash in between re-scores the batch and re-emits
             # the same windows (same keys), never loses one.
             await asyncio.to_thread(self.drift.write, closed)
+            summary = await asyncio.to_thread(self.drift.summarise, closed)
+            if self.metrics is not None:
+                for w in summary:
+                    self.metrics.set_drift(w.model_version, w.feature, w.psi, w.alert)
         versions = [m.model_id for m in scored.models]
         token = dedup_token(
             self.topic, ((e.handoff_partition, e.handoff_offset) for e in decoded.events), versions

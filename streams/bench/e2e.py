@@ -303,8 +303,8 @@ def _query(settings: Settings, sql: str, topic: str) -> list[Sequence[Any]]:
         client.close()
 
 
-def throughput(settings: Settings, events: int, result: E2EResult, log: Path) -> None:
-    """(a) and (b) on one pre-loaded topic set."""
+def throughput(settings: Settings, events: int, result: E2EResult, log: Path, **env: str) -> None:
+    """(a) and (b) on one pre-loaded topic set; ``env`` adds worker settings."""
     from streams.bench.ingest import ceiling
     from streams.topics import raw_topic
 
@@ -317,7 +317,7 @@ def throughput(settings: Settings, events: int, result: E2EResult, log: Path) ->
         result.ceiling_eps = ceiling(run, events)
         started = time.perf_counter()
         started_ms = time.time() * 1000
-        worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS)
+        worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS, **env)
         try:
             seen, first_ms, last_ms, result.peak_rss_mb = _watch(
                 run, worker, result.valid, timeout=1800
@@ -333,7 +333,7 @@ def throughput(settings: Settings, events: int, result: E2EResult, log: Path) ->
             "select count(), toUnixTimestamp64Milli(min(inserted_at)), "
             "toUnixTimestamp64Milli(max(inserted_at)), count() / uniqExact(scored_at), "
             "avg(queue_ms), avg(feature_ms), avg(model_ms) from {db:Identifier}.predictions "
-            "where topic = {t:String}",
+            "where topic = {t:String} and decided",
             raw_topic(run),
         )
         result.inserted_eps = sustained_rate(float(first), float(last), int(n))
@@ -374,6 +374,84 @@ def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, 
         delete_run_topics(run)
 
 
+@dataclass(frozen=True, slots=True)
+class MonitoringRun:
+    name: str
+    shadow: bool
+    drift: bool
+
+
+MONITORING_RUNS = (
+    MonitoringRun("champion only, drift off", shadow=False, drift=False),
+    MonitoringRun("champion, drift on", shadow=False, drift=True),
+    MonitoringRun("champion + shadow, drift on", shadow=True, drift=True),
+)
+
+
+def ensure_shadow(settings: Settings) -> str:
+    """An MLP challenger trained on the champion's training window; its model id.
+
+    Trained once into the bench world (the world itself is bootstrapped champion-only).
+    """
+    from streams.features.registry import load_feature_service
+    from streams.features.training import build_training_set
+    from streams.scoring.metadata import ModelMetadata, sidecar_path
+    from streams.scoring.registry import artifact_path, load_registry, registry_path
+    from streams.scoring.training import import_training_package
+    from streams.settings import project_root
+
+    registry = load_registry(registry_path(settings.models_dir))
+    champion = registry.champion
+    assert champion is not None, "the bench world has no champion"
+    metadata = ModelMetadata.read(sidecar_path(artifact_path(settings.models_dir, champion)))
+    models = import_training_package(project_root() / "models")
+    config = models.TrainConfig(kind="mlp", version=f"{metadata.version}_bench")
+    shadow_id = f"{config.model_name}-{config.version}"
+    if artifact_path(settings.models_dir, shadow_id).exists():
+        return shadow_id
+    start = datetime.fromisoformat(metadata.training_data["start"])
+    end = datetime.fromisoformat(metadata.training_data["end"])
+    table = build_training_set(settings, start, end)
+    spec = load_feature_service(settings, settings.feature_service)
+    result = models.train(spec, table, settings.models_dir / "artifacts", config)
+    return str(result.metadata.model_id)
+
+
+def monitoring_cost(settings: Settings, events: int, log: Path) -> list[tuple[str, E2EResult]]:
+    """Sustained throughput of one worker without monitoring, with drift, with drift and a
+    shadow model: the same world and events, one fresh topic set each."""
+    from streams.scoring.registry import edit_registry, promote, registry_path, retire
+
+    shadow = ensure_shadow(settings)
+    path = registry_path(settings.models_dir)
+    saved = path.read_bytes()
+    out: list[tuple[str, E2EResult]] = []
+    try:
+        for run in MONITORING_RUNS:
+            with edit_registry(path) as box:
+                if shadow in box[0].model_ids:
+                    box[0] = retire(box[0], shadow)
+                if run.shadow:
+                    box[0] = promote(box[0], shadow, role="shadow")
+            result = E2EResult()
+            env = {"STREAMSCORE_DRIFT_ENABLED": "true" if run.drift else "false"}
+            throughput(settings, events, result, log, **env)
+            out.append((run.name, result))
+    finally:
+        path.write_bytes(saved)
+    return out
+
+
+def format_monitoring(rows: Sequence[tuple[str, E2EResult]]) -> list[str]:
+    """One line per run: sustained events/s and the cost against the first (no monitoring)."""
+    base = rows[0][1].sustained_eps if rows else 0.0
+    lines = [f"{'monitoring cost':<30} {'events/s':>10} {'cost':>8} {'peak RSS':>10}"]
+    for name, r in rows:
+        cost = 1 - r.sustained_eps / base if base else 0.0
+        lines.append(f"{name:<30} {r.sustained_eps:>10,.0f} {cost:>8.1%} {r.peak_rss_mb:>8,.0f}MB")
+    return lines
+
+
 def _take(source: Iterator[Record], count: int) -> Iterator[Record]:
     for _, item in zip(range(count), source, strict=False):
         yield item
@@ -386,6 +464,11 @@ def _take(source: Iterator[Record], count: int) -> Iterator[Record]:
 @click.option("--accounts", default=20_000, show_default=True, help="World size.")
 @click.option("--fresh-world", is_flag=True, help="Bootstrap again even if a world exists.")
 @click.option("--skip-latency", is_flag=True, help="Only the ceiling and throughput runs.")
+@click.option(
+    "--monitoring",
+    is_flag=True,
+    help="Instead: throughput without monitoring, with drift, and with drift plus a shadow.",
+)
 @click.pass_obj
 def e2e(
     settings: Settings,
@@ -395,6 +478,7 @@ def e2e(
     accounts: int,
     fresh_world: bool,
     skip_latency: bool,
+    monitoring: bool,
 ) -> None:
     """One worker end to end (ingest → score → ClickHouse) against the raw-consumer ceiling.
 
@@ -412,8 +496,14 @@ def e2e(
     began = time.perf_counter()
     if ensure_world(bench, WorldConfig(accounts=accounts), fresh=fresh_world):
         click.echo(f"world bootstrapped in {time.perf_counter() - began:.0f}s ({bench.home})")
-    result = E2EResult()
     log = bench.home / "bench-worker.log"
+    if monitoring:
+        click.echo(f"{len(MONITORING_RUNS)} runs of {events:,} events, one worker each ...")
+        for line in format_monitoring(monitoring_cost(bench, events, log)):
+            click.echo(line)
+        click.echo(f"took {time.perf_counter() - began:.0f}s; worker log: {log}")
+        return
+    result = E2EResult()
     click.echo(f"pre-loading {events:,} events, then ceiling and one worker ...")
     throughput(bench, events, result, log)
     if not skip_latency:

@@ -165,6 +165,52 @@ class HistogramRow:
 WindowKey = tuple[int, int, str]  # (partition, window start ms, model version)
 
 
+@dataclass(frozen=True, slots=True)
+class WindowDrift:
+    """One feature of one model over one closed window, as ``drift_stats`` computes it."""
+
+    model_version: str
+    feature: str
+    window_start_ms: int
+    rows: int
+    psi: float
+    threshold: float
+    noise_floor: float
+    alert: bool
+
+
+def summarise(
+    rows: Sequence[HistogramRow], baselines: Mapping[str, Sequence[Baseline]]
+) -> list[WindowDrift]:
+    """Statistics of the newest window per model among closed histogram rows, partitions
+    of that window summed.
+
+    For this worker's logs and gauges: it sees only its own partitions and only those
+    closed together, and a batch that catches up on a backlog closes thousands of
+    windows at once; ``drift_stats`` in ClickHouse has every window, every worker's.
+    """
+    by_name = {(m, b.name): b for m, columns in baselines.items() for b in columns}
+    newest: dict[str, int] = {}
+    for r in rows:
+        newest[r.model_version] = max(
+            newest.get(r.model_version, r.window_start_ms), r.window_start_ms
+        )
+    summed: dict[tuple[str, str, int], tuple[int, NDArray[np.int64]]] = {}
+    for r in (r for r in rows if r.window_start_ms == newest[r.model_version]):
+        key = (r.model_version, r.feature, r.window_start_ms)
+        n, counts = summed.get(key, (0, np.zeros(len(r.counts), dtype=np.int64)))
+        summed[key] = (n + r.rows, counts + np.asarray(r.counts, dtype=np.int64))
+    out: list[WindowDrift] = []
+    for (model, feature, start), (n, counts) in sorted(summed.items()):
+        baseline = by_name.get((model, feature))
+        if baseline is None:
+            continue
+        psi = drift_statistics(counts, baseline.expected)[0]
+        floor, alert = baseline.noise_floor(n), baseline.alerts(psi, n)
+        out.append(WindowDrift(model, feature, start, n, psi, baseline.threshold, floor, alert))
+    return out
+
+
 @dataclass(slots=True)
 class DriftAccumulator:
     """Bin counts per (partition, window, model) for the baselines of each model."""

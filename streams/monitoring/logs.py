@@ -11,12 +11,30 @@ from __future__ import annotations
 
 import logging
 import logging.config
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "configure_json_logging", "logging_config"]
+__all__ = ["JsonFormatter", "batch_scope", "configure_json_logging", "logging_config"]
+
+# The batch being handled: set by the batch loop, read by the formatter. asyncio.to_thread
+# copies the context, so lines logged from the handler's threads carry it too.
+_BATCH_ID: ContextVar[str | None] = ContextVar("streamscore_batch_id", default=None)
+
+
+@contextmanager
+def batch_scope(batch_id: str) -> Iterator[None]:
+    """Every line logged inside carries ``batch_id`` (unless it passes its own)."""
+    token = _BATCH_ID.set(batch_id)
+    try:
+        yield
+    finally:
+        _BATCH_ID.reset(token)
+
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -47,6 +65,8 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_") and key not in entry:
                 entry[key] = value
+        if "batch_id" not in entry and (batch_id := _BATCH_ID.get()) is not None:
+            entry["batch_id"] = batch_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:

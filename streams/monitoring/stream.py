@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,14 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from streams.clickhouse.gateway import ClickHouseGateway
-from streams.monitoring.drift import Baseline, DriftAccumulator, HistogramRow, model_baselines
+from streams.monitoring.drift import (
+    Baseline,
+    DriftAccumulator,
+    HistogramRow,
+    WindowDrift,
+    model_baselines,
+    summarise,
+)
 from streams.scoring.modelset import ModelSet
 from streams.scoring.pipeline import DecodedBatch, ScoredEvents
 
@@ -106,6 +114,24 @@ class DriftMonitor:
             marks[partition] = max(marks.get(partition, newest), newest)
         return self.accumulator.close(marks)
 
+    def summarise(self, rows: Sequence[HistogramRow]) -> list[WindowDrift]:
+        """PSI and alert per closed window; logs a warning for each alert."""
+        out = summarise(rows, self.accumulator.baselines)
+        for w in out:
+            if w.alert:
+                log.warning(
+                    "drift alert: %s %s psi %.3f > %.3f over %d rows (window %s)",
+                    w.model_version, w.feature, w.psi, max(w.threshold, w.noise_floor), w.rows,
+                    _iso(w.window_start_ms),
+                    extra={
+                        "model_version": w.model_version, "feature": w.feature,
+                        "window_start": _iso(w.window_start_ms), "psi": round(w.psi, 4),
+                        "threshold": w.threshold, "noise_floor": round(w.noise_floor, 4),
+                        "rows": w.rows,
+                    },
+                )  # fmt: skip
+        return out
+
     def write(self, rows: Sequence[HistogramRow]) -> None:
         if not rows:
             return
@@ -171,3 +197,7 @@ class DriftMonitor:
 
 
 __all__ = ["Baseline", "DriftMonitor"]
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")

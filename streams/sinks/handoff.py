@@ -13,6 +13,7 @@ idempotent producer); the caller commits offsets only after that.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 
@@ -52,6 +53,8 @@ Header = tuple[str, bytes]
 _KEEP_ON_HANDOFF = frozenset((SCHEMA_ID, EVENT_TYPE, SCHEMA_VERSION))
 # A DLQ header must stay far below the broker's limits; the full text is in the log.
 MAX_MESSAGE_CHARS = 2000
+
+log = logging.getLogger("streams.sinks.handoff")
 
 
 def handoff_headers(accepted: Accepted, now_ms: int) -> list[Header]:
@@ -175,6 +178,21 @@ class KafkaHandoff:
     async def deliver(
         self, accepted: Sequence[Accepted], dead: Sequence[DeadLetter], stage: str = "ingest"
     ) -> None:
-        """Produce and wait for acks without blocking the event loop."""
+        """Produce and wait for acks without blocking the event loop; then log each dead
+        letter (where it came from, why, at which stage) once it is safely on the DLQ."""
         self.produce(accepted, dead, stage)
         await asyncio.to_thread(self.flush)
+        for letter in dead:
+            log_dead_letter(letter, stage)
+
+
+def log_dead_letter(letter: DeadLetter, stage: str) -> None:
+    r = letter.record
+    log.info(
+        "dead letter %s[%d]@%d (%s at %s): %s",
+        r.topic, r.partition, r.offset, letter.reason, stage, letter.message,
+        extra={
+            "stage": stage, "reason": letter.reason, "schema_id": letter.schema_id,
+            "source_topic": r.topic, "source_partition": r.partition, "source_offset": r.offset,
+        },
+    )  # fmt: skip

@@ -67,10 +67,11 @@ def test_every_valid_event_scored_by_every_model_and_every_invalid_one_stored(
     invalid = {c: r.expected for c, r in landed.items() if r.expected != "accepted"}
     assert valid and invalid
 
-    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score,dlq")
+    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score,dlq", STREAMSCORE_LOG_FORMAT="json")
     wait_for_predictions(settings, valid, timeout=180, worker=worker)
     time.sleep(2)  # the DLQ agent's batch window
     stop(worker)
+    assert_logged_dead_letters(worker, invalid)
 
     roles = query(settings, "select distinct model_role from {db}.predictions order by 1")
     assert roles == [("champion",), ("shadow",)]
@@ -105,6 +106,26 @@ def test_every_valid_event_scored_by_every_model_and_every_invalid_one_stored(
     if review:
         assert {"event", "scores", "features", "missing_entities"} <= set(review[0])
         assert len(review[0]["features"]) == 142
+
+
+def assert_logged_dead_letters(
+    worker: subprocess.Popen[bytes], invalid: dict[Coordinates, str]
+) -> None:
+    """The worker's JSON log has one line per dead letter: where from, why, in which batch."""
+    lines = worker.log_path.read_text().splitlines()  # type: ignore[attr-defined]
+    entries = [orjson.loads(line) for line in lines if line.startswith("{")]
+    assert len(entries) > 0.9 * len(lines)  # only librdkafka's own stderr lines are not JSON
+    assert all({"time", "level", "logger", "message", "worker_id"} <= set(e) for e in entries)
+    logged = {
+        (e["source_topic"], e["source_partition"], e["source_offset"]): e
+        for e in entries
+        if e["message"].startswith("dead letter")
+    }
+    assert {c: e["reason"] for c, e in logged.items()} == invalid
+    for (topic, _, _), entry in logged.items():
+        # a batch is named by its first record; it may span the topic's partitions
+        agent, start = entry["batch_id"].split(":", 1)
+        assert agent == "ingest" and start.startswith(f"{topic}/"), entry["batch_id"]
 
 
 def test_unknown_entities_are_flagged_per_row_not_filled_from_others(

@@ -9,6 +9,7 @@ import pytest
 
 from streams.bench.e2e import (
     E2EResult,
+    format_monitoring,
     format_table,
     latency_summary,
     percentile,
@@ -58,3 +59,16 @@ def test_table_marks_goals_met_and_missed() -> None:
     assert "0.15" in ratio and ratio.endswith("short")
     assert "80.0 ms" in p99 and p99.endswith("short")
     assert result.ratio == pytest.approx(0.15)
+
+
+def test_monitoring_cost_is_measured_against_the_run_without_monitoring() -> None:
+    rows = [
+        ("off", E2EResult(sustained_eps=10_000.0, peak_rss_mb=900)),
+        ("drift", E2EResult(sustained_eps=9_000.0, peak_rss_mb=950)),
+        ("drift + shadow", E2EResult(sustained_eps=7_500.0, peak_rss_mb=1200)),
+    ]
+    header, off, drift, both = format_monitoring(rows)
+    assert "cost" in header
+    assert off.split()[-3:] == ["10,000", "0.0%", "900MB"]
+    assert drift.split()[-3:] == ["9,000", "10.0%", "950MB"]
+    assert both.split()[-3:] == ["7,500", "25.0%", "1,200MB"]

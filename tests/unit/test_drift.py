@@ -7,7 +7,14 @@ import math
 import numpy as np
 from scipy.stats import chi2
 
-from streams.monitoring.drift import Baseline, DriftAccumulator, chi2_quantile, drift_statistics
+from streams.monitoring.drift import (
+    Baseline,
+    DriftAccumulator,
+    HistogramRow,
+    chi2_quantile,
+    drift_statistics,
+    summarise,
+)
 
 
 def test_statistics_are_zero_for_the_baseline_and_grow_with_a_shift() -> None:
@@ -92,3 +99,24 @@ def test_a_window_alerts_only_when_material_significant_and_large_enough() -> No
     assert not small.alerts(small.noise_floor(250) * 0.99, 250)  # material, not significant
     silent = Baseline("f", 0, np.arange(0.0, 4.0), expected, threshold=0.0)
     assert not silent.alerts(5.0, 10_000)  # threshold 0: reported, never alerted
+
+
+def test_summarise_sums_partitions_of_a_window_and_applies_the_alert_rule() -> None:
+    expected = np.full(4, 0.25)
+    baseline = Baseline("f", 0, np.array([1.0, 2.0, 3.0]), expected, 0.2, reference_rows=5000)
+    shifted = [0, 0, 50, 100]  # all mass in the top bins
+    rows = [
+        HistogramRow("m", "f", 0, 60_000, 60_000, 0, 150, 0, shifted),
+        HistogramRow("m", "f", 0, 60_000, 60_000, 1, 150, 0, shifted),
+        HistogramRow("m", "f", 0, 120_000, 60_000, 0, 150, 0, shifted),  # another window
+        HistogramRow("other", "f", 0, 60_000, 60_000, 0, 150, 0, shifted),  # no baseline
+    ]
+    [newest] = summarise(rows, {"m": [baseline]})  # the newest window of each model
+    assert (newest.window_start_ms, newest.rows) == (120_000, 150)
+    assert not newest.alert  # a large shift, but 150 rows are too few to alert
+    [both] = summarise(rows[:2], {"m": [baseline]})
+    assert (both.window_start_ms, both.rows) == (60_000, 300)  # partitions summed
+    psi = drift_statistics(np.array([0, 0, 100, 200]), expected)[0]
+    assert math.isclose(both.psi, psi) and both.psi > 1
+    assert both.alert
+    assert both.noise_floor == baseline.noise_floor(300)

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.monitoring.logs import JsonFormatter, configure_json_logging
+from streams.monitoring.logs import JsonFormatter, batch_scope, configure_json_logging
 from streams.monitoring.metrics import BulkHistogram, WorkerMetrics, consumer_lag
 
 
@@ -193,6 +193,28 @@ def test_json_formatter_keeps_exceptions_and_unserialisable_extras() -> None:
     entry = orjson.loads(formatter.format(record))
     assert "ValueError: bad" in entry["exception"]
     assert entry["path"].startswith("<object object")
+
+
+def test_lines_logged_in_a_batch_scope_carry_its_id_threads_included() -> None:
+    import asyncio
+
+    formatter = JsonFormatter()
+
+    def line(**extra: object) -> dict[str, object]:
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
+        record.__dict__.update(extra)
+        return dict(orjson.loads(formatter.format(record)))
+
+    async def handler() -> list[dict[str, object]]:
+        # to_thread copies the context: the scoring thread's lines carry the id too
+        return [await asyncio.to_thread(line), line(batch_id="own")]
+
+    assert "batch_id" not in line()
+    with batch_scope("score:events.valid/1@7+3"):
+        in_thread, explicit = asyncio.run(handler())
+    assert in_thread["batch_id"] == "score:events.valid/1@7+3"
+    assert explicit["batch_id"] == "own"  # an explicit extra wins
+    assert "batch_id" not in line()  # the scope ended
 
 
 def test_configure_json_logging_routes_the_root_logger() -> None:
