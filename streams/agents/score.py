@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import orjson
 from confluent_kafka import Message
 
 from streams.agents.batching import BatchAgent, now_ms, timestamp_ms
@@ -56,7 +57,7 @@ from streams.scoring.registry import registry_path
 from streams.settings import Settings
 from streams.sinks.clickhouse import PredictionsSink, SourceMarks, dedup_token
 from streams.sinks.handoff import KafkaHandoff
-from streams.topics import PREDICTIONS, REVIEW, topic_name, valid_topic
+from streams.topics import PREDICTIONS, REVIEW, raw_topic, topic_name, valid_topic
 
 log = logging.getLogger("streams.agents.score")
 
@@ -200,6 +201,7 @@ class Scoring:
             lateness_windows=self.settings.drift_lateness_windows,
             thresholds={f.name: f.drift_threshold for f in layout.spec.features},
             event_type=self.event_type,
+            source_topic=raw_topic(self.settings),
             entity_features=[len(v.features) for v in layout.views],
             entity_names=[v.name for v in layout.views],
             worker_id=self.settings.worker_id,
@@ -312,6 +314,15 @@ class Scoring:
         self.send(self.predictions_topic, prediction_messages(decoded, scored))
         review = review_messages(decoded, scored, names)
         self.send(self.review_topic, review)
+        if review and log.isEnabledFor(logging.DEBUG):
+            for _, body in review:
+                routed = orjson.loads(body)
+                fields = {
+                    "event_id": (routed["event"] or {}).get("event_id"),
+                    "score": routed["score"],
+                    "model_version": routed["model_version"],
+                }
+                log.debug("review: event %(event_id)s, score %(score).3f", fields, extra=fields)
         await asyncio.to_thread(self.flush)
         t2 = time.perf_counter()
         if not self.counts["scored"]:

@@ -40,6 +40,7 @@ SEED = 7
 GOAL_EPS = 50_000.0
 GOAL_RATIO = 0.5
 GOAL_P99_MS = 50.0
+EVENT_RATE = 10_000.0  # events per second of event time in the generated traffic
 
 Headers = list[tuple[str, str | bytes | None]]
 Record = tuple[bytes | None, bytes, Headers, bool]  # key, value, headers, valid
@@ -195,18 +196,35 @@ def ensure_world(settings: Settings, world: WorldConfig, fresh: bool = False) ->
     return True
 
 
-def records(accounts: int, invalid_fraction: float = 0.02) -> Iterator[Record]:
-    """Endless raw records for the world's population, live from now."""
+def records(
+    accounts: int, invalid_fraction: float = 0.02, event_rate: float = EVENT_RATE
+) -> Iterator[Record]:
+    """Endless raw records for the world's population, live from now.
+
+    Valid events are re-timed to ``event_rate`` per second of event time: the simulated
+    population trickles (its events are hours apart), and a benchmark of a worker at
+    tens of thousands of events per second should see the windows such traffic makes.
+    """
     from streams.simulate.records import SimulationConfig, simulate_records
 
+    start = datetime.now(UTC)
     config = SimulationConfig(
-        start=datetime.now(UTC), accounts=accounts, seed=SEED,
+        start=start, accounts=accounts, seed=SEED,
         invalid_fraction=invalid_fraction, labels=False, text_only=True,
     )  # fmt: skip
-    for item in simulate_records(config):
-        if item.invalid_kind != "payload_too_large":
-            headers: Headers = [*item.headers]
-            yield item.key, item.value, headers, item.valid
+    start_us = int(start.timestamp() * 1_000_000)
+    step_us = 1_000_000 / event_rate
+    for n, item in enumerate(simulate_records(config)):
+        if item.invalid_kind == "payload_too_large":
+            continue
+        value = item.value
+        if item.valid:
+            event = orjson.loads(value)
+            at = datetime.fromtimestamp((start_us + int(n * step_us)) / 1_000_000, tz=UTC)
+            event["event_time"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            value = orjson.dumps(event)
+        headers: Headers = [*item.headers]
+        yield item.key, value, headers, item.valid
 
 
 def _fresh(settings: Settings, name: str) -> Settings:
@@ -351,7 +369,8 @@ def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, 
     count = round(rate * seconds)
     try:
         accounts = orjson.loads((settings.home / "world.json").read_bytes())["accounts"]
-        source = iter(list(_take(records(accounts), count)))  # generated before the clock runs
+        # generated before the clock runs, on the event clock of the rate asked for
+        source = iter(list(_take(records(accounts, event_rate=rate), count)))
         worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS)
         try:
             wait_for_groups(run, ("ingest", "score", "dlq"), worker, log)

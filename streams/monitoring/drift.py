@@ -142,9 +142,35 @@ def drift_statistics(
 
 @dataclass(slots=True)
 class _Window:
-    counts: list[NDArray[np.int64]]  # per baseline
+    counts: NDArray[np.int64]  # every baseline's bins, end to end (see _Layout.offsets)
     missing: NDArray[np.int64]  # per baseline
     rows: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A model's baselines as arrays, so one batch is binned in a few numpy calls."""
+
+    columns: NDArray[np.int64]  # model input column of each feature baseline
+    edges: NDArray[np.float64]  # [features × most edges], padded with +inf
+    offsets: NDArray[np.int64]  # where each baseline's bins start in the flat counts
+    bins: int  # all bins, the score's included
+    score: Baseline | None
+
+    @classmethod
+    def of(cls, baselines: Sequence[Baseline]) -> _Layout:
+        features = [b for b in baselines if b.column >= 0]
+        score = next((b for b in baselines if b.column < 0), None)
+        if score is not None and baselines[-1] is not score:
+            raise ValueError("the score's baseline must come last (see model_baselines)")
+        width = max((len(b.edges) for b in features), default=0)
+        edges = np.full((len(features), max(width, 1)), np.inf)
+        for i, b in enumerate(features):
+            edges[i, : len(b.edges)] = b.edges
+        sizes = [b.bins for b in features] + ([score.bins] if score is not None else [])
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        columns = np.array([b.column for b in features], dtype=np.int64)
+        return cls(columns, edges, offsets, int(offsets[-1]), score)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +246,7 @@ class DriftAccumulator:
     lateness_windows: int = 1
     idle_windows: int = 10
     windows: dict[WindowKey, _Window] = field(default_factory=dict)
+    _layouts: dict[str, tuple[list[Baseline], _Layout]] = field(default_factory=dict)
     closed_before: dict[int, int] = field(default_factory=dict)  # partition → first open window
     late_rows: int = 0
 
@@ -246,6 +273,7 @@ class DriftAccumulator:
         baselines = self.baselines.get(model)
         if not baselines or len(event_ms) == 0:
             return
+        layout = self.layout(model, baselines)
         starts = self.window_of(event_ms)
         keys = np.stack([partitions, starts], axis=1)
         for partition, start in {(int(p), int(s)) for p, s in keys}:
@@ -256,10 +284,16 @@ class DriftAccumulator:
             window = self.windows.get((partition, start, model))
             if window is None:
                 window = self.windows[(partition, start, model)] = _Window(
-                    [np.zeros(b.bins, dtype=np.int64) for b in baselines],
+                    np.zeros(layout.bins, dtype=np.int64),
                     np.zeros(len(baselines), dtype=np.int64),
                 )
-            _accumulate(window, baselines, features[rows], feature_missing[rows], scores[rows])
+            _accumulate(window, layout, features[rows], feature_missing[rows], scores[rows])
+
+    def layout(self, model: str, baselines: list[Baseline]) -> _Layout:
+        cached = self._layouts.get(model)
+        if cached is None or cached[0] is not baselines:
+            cached = self._layouts[model] = (baselines, _Layout.of(baselines))
+        return cached[1]
 
     def close(self, watermarks: Mapping[int, int]) -> list[HistogramRow]:
         """Emit and forget the windows event time has moved past.
@@ -292,6 +326,7 @@ class DriftAccumulator:
             self.closed_before.pop(p, None)
 
     def _rows(self, model: str, start: int, partition: int, window: _Window) -> list[HistogramRow]:
+        offsets = self.layout(model, self.baselines[model]).offsets
         return [
             HistogramRow(
                 model,
@@ -302,7 +337,7 @@ class DriftAccumulator:
                 partition,
                 window.rows,
                 int(window.missing[i]),
-                window.counts[i].tolist(),
+                window.counts[offsets[i] : offsets[i + 1]].tolist(),
             )
             for i, b in enumerate(self.baselines[model])
         ]
@@ -310,19 +345,28 @@ class DriftAccumulator:
 
 def _accumulate(
     window: _Window,
-    baselines: Sequence[Baseline],
+    layout: _Layout,
     features: NDArray[np.float32],
     missing: NDArray[np.bool_],
     scores: NDArray[np.float32],
 ) -> None:
+    """Bin ``features`` (rows × model inputs) and ``scores`` into ``window``.
+
+    A value's bin is the number of edges at or below it (``searchsorted(side="right")``),
+    counted for every feature at once against the padded edge matrix; NaN (a missing
+    score) is in no bin.
+    """
     window.rows += len(scores)
-    for i, baseline in enumerate(baselines):
-        if baseline.column < 0:
-            values = scores
-            window.missing[i] += int(np.isnan(values).sum())
-        else:
-            values = features[:, baseline.column]
-            window.missing[i] += int(missing[:, baseline.column].sum())
-        finite = values[~np.isnan(values)]
-        bins = np.searchsorted(baseline.edges, finite, side="right")
-        window.counts[i] += np.bincount(bins, minlength=baseline.bins)[: baseline.bins]
+    n = len(layout.columns)
+    if n:
+        x = features[:, layout.columns].astype(np.float64)
+        bins = (x[:, :, None] >= layout.edges[None, :, :]).sum(axis=2)
+        flat = bins + layout.offsets[None, :n]
+        counted = flat[~np.isnan(x)]
+        window.counts += np.bincount(counted, minlength=layout.bins)
+        window.missing[:n] += missing[:, layout.columns].sum(axis=0)
+    if layout.score is not None:
+        finite = scores[~np.isnan(scores)]
+        bins = np.searchsorted(layout.score.edges, finite, side="right") + layout.offsets[n]
+        window.counts += np.bincount(bins, minlength=layout.bins)
+        window.missing[n] += int(np.isnan(scores).sum())

@@ -45,6 +45,7 @@ class DriftMonitor:
         lateness_windows: int = 1,
         thresholds: Mapping[str, float],
         event_type: str,
+        source_topic: str,
         entity_features: Sequence[int],
         entity_names: Sequence[str],
         worker_id: str,
@@ -52,6 +53,7 @@ class DriftMonitor:
         self.gateway = gateway
         self.thresholds = dict(thresholds)
         self.event_type = event_type
+        self.source_topic = source_topic  # the raw topic: predictions' ``topic``
         self.entity_features = np.asarray(entity_features, dtype=np.int64)
         self.entity_names = list(entity_names)
         self.worker_id = worker_id
@@ -160,10 +162,17 @@ class DriftMonitor:
         result = self.gateway.query(
             "select model_version, toUnixTimestamp64Milli(event_time), features, score, "  # noqa: S608 - checked identifier
             f"missing_entities from {table} "
-            "where run = 'live' and event_type = {t:String} and handoff_partition = {p:UInt16} "
+            "where topic = {s:String} and run = 'live' and event_type = {t:String} "
+            "and handoff_partition = {p:UInt16} "
             "and event_time >= fromUnixTimestamp64Milli({a:Int64}) "
             "and event_time < fromUnixTimestamp64Milli({b:Int64})",
-            {"t": self.event_type, "p": partition, "a": start_ms, "b": end_ms},
+            {
+                "s": self.source_topic,
+                "t": self.event_type,
+                "p": partition,
+                "a": start_ms,
+                "b": end_ms,
+            },
         )
         rows = result.result_rows
         if not rows:

@@ -188,11 +188,25 @@ class KafkaHandoff:
 
 def log_dead_letter(letter: DeadLetter, stage: str) -> None:
     r = letter.record
+    extra = {
+        "stage": stage, "reason": letter.reason, "schema_id": letter.schema_id,
+        "source_topic": r.topic, "source_partition": r.partition, "source_offset": r.offset,
+        "event_id": _event_id(r.value),
+    }  # fmt: skip
     log.info(
         "dead letter %s[%d]@%d (%s at %s): %s",
         r.topic, r.partition, r.offset, letter.reason, stage, letter.message,
-        extra={
-            "stage": stage, "reason": letter.reason, "schema_id": letter.schema_id,
-            "source_topic": r.topic, "source_partition": r.partition, "source_offset": r.offset,
-        },
+        extra=extra,
     )  # fmt: skip
+
+
+def _event_id(value: bytes | None) -> str | None:
+    """The ``event_id`` of a dead letter that is a JSON object with one (often it is)."""
+    if not value or len(value) > 64 * 1024:
+        return None
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    event_id = parsed.get("event_id") if isinstance(parsed, dict) else None
+    return event_id if isinstance(event_id, str) else None

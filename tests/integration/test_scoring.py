@@ -122,6 +122,9 @@ def assert_logged_dead_letters(
         if e["message"].startswith("dead letter")
     }
     assert {c: e["reason"] for c, e in logged.items()} == invalid
+    # a dead letter that is a JSON object names its event
+    assert any(e["event_id"] for e in logged.values() if e["reason"] == "schema_violation")
+    assert all(e["event_id"] is None for e in logged.values() if e["reason"] == "not_json")
     for (topic, _, _), entry in logged.items():
         # a batch is named by its first record; it may span the topic's partitions
         agent, start = entry["batch_id"].split(":", 1)

@@ -120,3 +120,30 @@ def test_summarise_sums_partitions_of_a_window_and_applies_the_alert_rule() -> N
     assert math.isclose(both.psi, psi) and both.psi > 1
     assert both.alert
     assert both.noise_floor == baseline.noise_floor(300)
+
+
+def test_batch_binning_matches_searchsorted_per_column() -> None:
+    rng = np.random.default_rng(5)
+    baselines = [
+        Baseline("a", 0, np.array([-1.0, 0.0, 1.0]), np.full(4, 0.25), 0.2),
+        Baseline("b", 2, np.array([0.5]), np.full(2, 0.5), 0.2),  # fewer edges: padded
+        Baseline("c", 1, np.array([0.0, 1.0, 2.0, 3.0, 4.0]), np.full(6, 1 / 6), 0.2),
+        Baseline("__score__", -1, np.array([0.1, 0.5]), np.full(3, 1 / 3), 0.2),
+    ]
+    x = rng.normal(0, 2, size=(500, 3)).astype(np.float32)
+    x[::7, 0] = 0.0  # on an edge: counts in the bin to its right
+    x[::11, 2] = np.nan
+    missing = np.zeros((500, 3), dtype=np.bool_)
+    missing[::13, 1] = True
+    scores = rng.uniform(0, 1, 500).astype(np.float32)
+    scores[::17] = np.nan
+    acc = DriftAccumulator(60_000, {"m": baselines})
+    acc.add("m", np.zeros(500, dtype=np.int64), np.zeros(500, dtype=np.int64), x, missing, scores)
+    rows = {r.feature: r for r in acc.close({0: 10 * 60_000})}
+    for b in baselines:
+        values = scores if b.column < 0 else x[:, b.column]
+        finite = values[~np.isnan(values)]
+        want = np.bincount(np.searchsorted(b.edges, finite, side="right"), minlength=b.bins)
+        assert rows[b.name].counts == want.tolist(), b.name
+    assert rows["c"].missing == 39 and rows["__score__"].missing == 30
+    assert {r.rows for r in rows.values()} == {500}

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import orjson
+import pytest
 
 from streams.headers import SCHEMA_ID
 from streams.ingest import Accepted, DeadLetter, Limits, RawRecord, ingest_record
 from streams.schemas import SchemaRegistry
 from streams.schemas.registry import load_examples
-from streams.sinks.handoff import dead_letter_headers, handoff_headers
+from streams.sinks.handoff import dead_letter_headers, handoff_headers, log_dead_letter
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 LIMITS = Limits(256 * 1024, 32)
@@ -54,3 +56,20 @@ def test_dead_letter_headers_say_why_and_keep_originals(registry: SchemaRegistry
     assert values["dlq.worker.id"] == b"worker-1"
     assert values["dlq.time"] == b"99"
     assert b"$.currency" in values["dlq.error.message"]
+
+
+def test_each_dead_letter_is_logged_with_where_it_came_from(
+    registry: SchemaRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = load_examples(EXAMPLES, "transaction", "invalid")["several_violations"]
+    bad = ingest_record(RawRecord("t.raw", 2, 77, 0, None, raw), registry, LIMITS)
+    broken = ingest_record(RawRecord("t.raw", 3, 5, 0, None, b'{"event_id": '), registry, LIMITS)
+    assert isinstance(bad, DeadLetter) and isinstance(broken, DeadLetter)
+    with caplog.at_level(logging.INFO, logger="streams.sinks.handoff"):
+        log_dead_letter(bad, "ingest")
+        log_dead_letter(broken, "score")
+    first, second = caplog.records
+    assert first.getMessage().startswith("dead letter t.raw[2]@77 (schema_violation at ingest)")
+    assert (first.source_partition, first.source_offset, first.stage) == (2, 77, "ingest")
+    assert first.event_id == orjson.loads(raw)["event_id"]
+    assert (second.reason, second.stage, second.event_id) == ("not_json", "score", None)
