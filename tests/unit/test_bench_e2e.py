@@ -12,6 +12,7 @@ from streams.bench.e2e import (
     format_monitoring,
     format_table,
     latency_summary,
+    median_run,
     percentile,
     sustained_rate,
 )
@@ -72,3 +73,9 @@ def test_monitoring_cost_is_measured_against_the_run_without_monitoring() -> Non
     assert off.split()[-3:] == ["10,000", "0.0%", "900MB"]
     assert drift.split()[-3:] == ["9,000", "10.0%", "950MB"]
     assert both.split()[-3:] == ["7,500", "25.0%", "1,200MB"]
+
+
+def test_median_run_is_the_middle_sustained_rate() -> None:
+    runs = [E2EResult(sustained_eps=v) for v in (9.0, 3.0, 7.0, 5.0)]
+    assert median_run(runs).sustained_eps == 5.0
+    assert median_run(runs[:3]).sustained_eps == 7.0
