@@ -117,7 +117,7 @@ class DriftMonitor:
         return self.accumulator.close(marks)
 
     def summarise(self, rows: Sequence[HistogramRow]) -> list[WindowDrift]:
-        """PSI and alert per closed window; logs a warning for each alert."""
+        """PSI and alert of the newest window per model among ``rows``; logs each alert."""
         out = summarise(rows, self.accumulator.baselines)
         for w in out:
             if w.alert:
