@@ -30,6 +30,16 @@ from streams.topics import PREDICTIONS, raw_topic, topic_name
 
 pytestmark = pytest.mark.integration
 
+# For modules that run the Feast/dbt stack: Feast's file offline store runs on dask/pandas,
+# which warn about their own internals, and Feast leaves its metrics files open.
+FEAST_STACK_MARKS = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
 # The scoring world: its history and live traffic come from one population and fraud rate,
 # so a stream without injected drift has the distribution the models were trained on.
 WORLD_ACCOUNTS = 800

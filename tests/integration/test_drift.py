@@ -21,13 +21,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import pytest
 
 from streams.monitoring.drift import SCORE
 from streams.settings import Settings
 from streams.simulate.drift import DriftInjection
 from streams.simulate.records import SimRecord
 from tests.integration.conftest import (
+    FEAST_STACK_MARKS,
     publish,
     query,
     records,
@@ -36,13 +36,7 @@ from tests.integration.conftest import (
     wait_for_predictions,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = FEAST_STACK_MARKS
 
 PER_WINDOW = 250
 CLEAN_WINDOWS = 100

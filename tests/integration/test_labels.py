@@ -24,15 +24,9 @@ from streams.kafka import make_producer
 from streams.settings import Settings
 from streams.simulate.records import SimRecord, SimulationConfig, schema_headers, simulate_records
 from streams.topics import LABELS_RAW, PREDICTIONS, raw_topic, topic_name, valid_topic
-from tests.integration.conftest import read_topic
+from tests.integration.conftest import FEAST_STACK_MARKS, read_topic
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = FEAST_STACK_MARKS
 
 
 def transactions(count: int, seed: int) -> list[SimRecord]:

@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 
 from streams.settings import Settings
+from tests.integration.conftest import FEAST_STACK_MARKS
 
-pytestmark = [
-    pytest.mark.integration,
-    # Same third-party noise as the nightly tests (Feast on dask/pandas, open metrics files).
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = FEAST_STACK_MARKS
 
 END = date(2024, 3, 1)
 DAYS = 6  # nightly feature dates to build; the training set spans them

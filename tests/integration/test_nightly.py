@@ -18,16 +18,9 @@ import pytest
 
 from streams.errors import FeatureError
 from streams.settings import Settings
+from tests.integration.conftest import FEAST_STACK_MARKS
 
-pytestmark = [
-    pytest.mark.integration,
-    # Feast's file offline store runs on dask/pandas, which warn about their own internals;
-    # Feast leaves its metrics files open.
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = FEAST_STACK_MARKS
 
 END = date(2024, 3, 1)  # last simulated day
 D = END - timedelta(days=1)  # the nightly date under test; END holds events "after" D

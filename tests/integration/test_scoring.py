@@ -27,6 +27,7 @@ from streams.settings import Settings
 from streams.simulate.records import SimRecord
 from streams.topics import REVIEW, raw_topic, topic_name
 from tests.integration.conftest import (
+    FEAST_STACK_MARKS,
     Coordinates,
     publish,
     query,
@@ -36,13 +37,7 @@ from tests.integration.conftest import (
     wait_for_predictions,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = FEAST_STACK_MARKS
 
 
 def stored_sources(settings: Settings) -> tuple[set[Coordinates], set[Coordinates]]:
