@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.errors import ConfigError
+from streams.redact import redact
 
 KAFKA_VERSION = "3.9.2"
 
@@ -28,12 +33,33 @@ def _default_worker_id() -> str:
 
 AGENTS = ("ingest", "score", "dlq", "lake", "labels")
 
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+_SASL_FIELDS = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+_SSL_FIELDS = (
+    "kafka_ssl_ca_location",
+    "kafka_ssl_certificate_location",
+    "kafka_ssl_key_location",
+    "kafka_ssl_key_password",
+)
+
+
+def _variables(names: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(f"STREAMSCORE_{name.upper()}" for name in names)
+
 
 class Settings(BaseSettings):
     """streamscore configuration. Each field is ``STREAMSCORE_<FIELD>`` in the environment."""
 
+    # hide_input_in_errors: a rejected value may be a DSN or a password, and pydantic
+    # would quote it in the ValidationError that the CLI prints.
     model_config = SettingsConfigDict(
-        env_prefix="STREAMSCORE_", frozen=True, extra="forbid", validate_default=True
+        env_prefix="STREAMSCORE_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        hide_input_in_errors=True,
     )
 
     home: Path = Field(
@@ -46,6 +72,41 @@ class Settings(BaseSettings):
             "STREAMSCORE_KAFKA_BOOTSTRAP: an existing cluster (host:port,...). When set, "
             "streamscore never starts a local broker."
         ),
+    )
+    # Kafka security: applied to every client streamscore makes (streams.kafka for
+    # confluent-kafka, streams.app for faust's aiokafka). File paths are checked when a
+    # client is built, not here: certificates may be mounted after the settings are read.
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default="PLAINTEXT",
+        description=(
+            "STREAMSCORE_KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL "
+            "(anything but PLAINTEXT needs STREAMSCORE_KAFKA_BOOTSTRAP)."
+        ),
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = Field(
+        default=None,
+        description="STREAMSCORE_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="STREAMSCORE_KAFKA_SASL_USERNAME."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="STREAMSCORE_KAFKA_SASL_PASSWORD."
+    )
+    kafka_ssl_ca_location: Path | None = Field(
+        default=None,
+        description="STREAMSCORE_KAFKA_SSL_CA_LOCATION: CA bundle (PEM) to verify the brokers.",
+    )
+    kafka_ssl_certificate_location: Path | None = Field(
+        default=None,
+        description="STREAMSCORE_KAFKA_SSL_CERTIFICATE_LOCATION: client certificate (PEM, mTLS).",
+    )
+    kafka_ssl_key_location: Path | None = Field(
+        default=None,
+        description="STREAMSCORE_KAFKA_SSL_KEY_LOCATION: the client certificate's key (PEM).",
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="STREAMSCORE_KAFKA_SSL_KEY_PASSWORD: when the key is encrypted."
     )
     kafka_port: int = Field(default=19092, description="STREAMSCORE_KAFKA_PORT: local broker.")
     kafka_controller_port: int = Field(
@@ -148,7 +209,14 @@ class Settings(BaseSettings):
         default="sqlite", description="STREAMSCORE_ONLINE_STORE: sqlite (default) or redis."
     )
     redis_url: str = Field(
-        default="redis://127.0.0.1:16379/0", description="STREAMSCORE_REDIS_URL."
+        default="redis://127.0.0.1:16379/0",
+        description=(
+            "STREAMSCORE_REDIS_URL: redis://[user[:password]@]host:port/db, or rediss:// for TLS."
+        ),
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="STREAMSCORE_REDIS_PASSWORD: instead of a password in the URL.",
     )
     redis_port: int = Field(default=16379, description="STREAMSCORE_REDIS_PORT: local redis.")
     feature_service: str = Field(
@@ -182,6 +250,16 @@ class Settings(BaseSettings):
     clickhouse_database: str = Field(
         default="streamscore", description="STREAMSCORE_CLICKHOUSE_DATABASE."
     )
+    clickhouse_user: str | None = Field(
+        default=None,
+        description="STREAMSCORE_CLICKHOUSE_USER: for an http(s) DSN (chDB has no users).",
+    )
+    clickhouse_password: SecretStr | None = Field(
+        default=None,
+        description=(
+            "STREAMSCORE_CLICKHOUSE_PASSWORD: for an http(s) DSN, instead of a password in the DSN."
+        ),
+    )
 
     @field_validator("topic_prefix")
     @classmethod
@@ -205,19 +283,100 @@ class Settings(BaseSettings):
             raise ValueError(f"agents must name some of: {', '.join(AGENTS)} (got {value!r})")
         return ",".join(sorted(names))
 
+    @model_validator(mode="after")
+    def _credentials_are_complete(self) -> Settings:
+        # ConfigError, not ValueError: pydantic passes it through as it is, so the
+        # message is ours and quotes no value.
+        protocol = self.kafka_security_protocol
+        given = [name for name in (*_SASL_FIELDS, *_SSL_FIELDS) if getattr(self, name) is not None]
+        if protocol != "PLAINTEXT" and self.manages_local_kafka:
+            raise ConfigError(
+                f"STREAMSCORE_KAFKA_SECURITY_PROTOCOL={protocol} needs an external cluster "
+                "(STREAMSCORE_KAFKA_BOOTSTRAP): the local broker speaks PLAINTEXT only"
+            )
+        if protocol.startswith("SASL_"):
+            missing = [name for name in _SASL_FIELDS if getattr(self, name) is None]
+            if missing:
+                raise ConfigError(
+                    f"STREAMSCORE_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                    f"{_variables(missing)} (mechanism, user name and password all set)"
+                )
+        elif unused := [name for name in given if name in _SASL_FIELDS]:
+            raise ConfigError(
+                f"{_variables(unused)} set but STREAMSCORE_KAFKA_SECURITY_PROTOCOL={protocol} "
+                "does not use SASL (use SASL_PLAINTEXT or SASL_SSL)"
+            )
+        if not protocol.endswith("SSL") and (unused := [n for n in given if n in _SSL_FIELDS]):
+            raise ConfigError(
+                f"{_variables(unused)} set but STREAMSCORE_KAFKA_SECURITY_PROTOCOL={protocol} "
+                "does not use TLS (use SSL or SASL_SSL)"
+            )
+        certificate = self.kafka_ssl_certificate_location is not None
+        if certificate != (self.kafka_ssl_key_location is not None):
+            raise ConfigError(
+                "STREAMSCORE_KAFKA_SSL_CERTIFICATE_LOCATION and STREAMSCORE_KAFKA_SSL_KEY_LOCATION "
+                "go together: a client certificate needs its key"
+            )
+        if self.kafka_ssl_key_password is not None and self.kafka_ssl_key_location is None:
+            raise ConfigError(
+                "STREAMSCORE_KAFKA_SSL_KEY_PASSWORD set without STREAMSCORE_KAFKA_SSL_KEY_LOCATION"
+            )
+        self._check_clickhouse_credentials()
+        self._check_redis_credentials()
+        return self
+
+    def _check_clickhouse_credentials(self) -> None:
+        separate = self.clickhouse_user is not None or self.clickhouse_password is not None
+        if not separate:
+            return
+        url = self.clickhouse_url
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                "STREAMSCORE_CLICKHOUSE_USER/PASSWORD are for a ClickHouse server: set "
+                "STREAMSCORE_CLICKHOUSE_DSN=http(s)://host:port (chDB has no users)"
+            )
+        if urlsplit(url).username is not None:
+            raise ConfigError(
+                "STREAMSCORE_CLICKHOUSE_DSN names a user and STREAMSCORE_CLICKHOUSE_USER/PASSWORD "
+                "are set too: give the credentials once"
+            )
+
+    def _check_redis_credentials(self) -> None:
+        if self.redis_password is not None and urlsplit(self.redis_url).password is not None:
+            raise ConfigError(
+                "STREAMSCORE_REDIS_URL holds a password and STREAMSCORE_REDIS_PASSWORD is set "
+                "too: give it once"
+            )
+
+    @field_serializer("clickhouse_dsn", "redis_url", "kafka_bootstrap", when_used="json")
+    def _mask_urls_in_json(self, value: str | None) -> str | None:
+        # As SecretStr fields dump as '**********' in JSON: a JSON dump is for showing.
+        return None if value is None else redact(value)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() show DSNs and URLs with their passwords masked (SecretStr
+        # fields mask themselves).
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, str) else value
+
     def to_env(self, **overrides: str) -> dict[str, str]:
         """These settings as ``STREAMSCORE_*`` variables, for a child process (a worker).
 
-        ``worker_id`` is left out: a child is its own worker and names itself.
+        Secrets are passed in the clear: the child needs them to connect. ``worker_id``
+        is left out: a child is its own worker and names itself.
         """
         env: dict[str, str] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
             if value is None or name == "worker_id":
                 continue
-            env[f"STREAMSCORE_{name.upper()}"] = (
-                str(value).lower() if isinstance(value, bool) else str(value)
-            )
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            else:
+                text = str(value)
+            env[f"STREAMSCORE_{name.upper()}"] = text
         env.update(overrides)
         return env
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from streams.errors import KafkaError, StreamscoreError
+from streams.redact import redact
 
 if TYPE_CHECKING:
     from streams.report.source import Rows
@@ -220,7 +221,10 @@ def _seconds(value: float) -> str:
 
 
 def format_status(report: StatusReport, *, max_partitions: int = 12) -> str:
-    """The status screen: one block per group, then throughput, then the nightly run."""
+    """The status screen: one block per group, then throughput, then the nightly run.
+
+    The whole screen is redacted: broker and ClickHouse errors may quote a URL.
+    """
     out = [
         f"streamscore status  {report.taken_at:%Y-%m-%d %H:%M:%S} UTC  broker {report.bootstrap}",
         "",
@@ -269,26 +273,26 @@ def format_status(report: StatusReport, *, max_partitions: int = 12) -> str:
         out.append(f"  unavailable: {report.clickhouse_error}")
     else:
         out.append("  none yet: run `streamscore nightly`")
-    return "\n".join(out) + "\n"
+    return redact("\n".join(out) + "\n")
 
 
 def gather(settings: Settings, rows: Rows | None = None, admin: Any = None) -> StatusReport:
     """Everything on the screen. KafkaError when the broker cannot be reached."""
-    from confluent_kafka.admin import AdminClient
-
+    from streams.kafka import make_admin
     from streams.report.source import settings_rows
 
     if admin is None:
         # log_level 0: a down broker is reported once, by kafka_status, instead of
         # librdkafka printing a connection failure every 50 ms on stderr.
-        admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 0})
+        admin = make_admin(settings, log_level=0)
     groups = kafka_status(admin, worker_groups(settings), settings.bootstrap_servers)
     query = rows or settings_rows(settings)
     try:
         tput = throughput(query, settings.clickhouse_database)
         nightly = last_nightly(query, settings.clickhouse_database)
     except StreamscoreError as exc:
-        return StatusReport(settings.bootstrap_servers, tuple(groups), clickhouse_error=str(exc))
+        error = redact(str(exc))
+        return StatusReport(settings.bootstrap_servers, tuple(groups), clickhouse_error=error)
     return StatusReport(settings.bootstrap_servers, tuple(groups), tput, nightly)
 
 

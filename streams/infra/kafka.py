@@ -23,6 +23,8 @@ from confluent_kafka.admin import AdminClient
 
 from streams.errors import InfraError
 from streams.infra.process import alive, read_pid, start_detached, stop, tail
+from streams.kafka import make_admin
+from streams.redact import redact
 from streams.settings import KAFKA_VERSION, Settings
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -251,7 +253,7 @@ class LocalKafka:
             if not port_in_use(self.settings.kafka_port):
                 time.sleep(0.3)  # no client before the port opens: it would log each refusal
                 continue
-            admin = admin or AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+            admin = admin or make_admin(self.settings)
             try:
                 metadata = admin.list_topics(timeout=2)
                 if metadata.brokers:
@@ -291,10 +293,10 @@ class LocalKafka:
             )
         topics: tuple[str, ...] = ()
         try:
-            admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+            admin = make_admin(self.settings)
             topics = tuple(sorted(admin.list_topics(timeout=5).topics))
         except Exception as exc:  # running but not answering
-            detail = detail or f"process {pid} runs but does not answer: {exc}"
+            detail = detail or redact(f"process {pid} runs but does not answer: {exc}")
         return BrokerStatus(
             running=True,
             bootstrap=self.settings.bootstrap_servers,
@@ -308,10 +310,11 @@ class LocalKafka:
 
 def _remote_status(settings: Settings) -> BrokerStatus:
     try:
-        admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        admin = make_admin(settings)
         metadata = admin.list_topics(timeout=5)
     except Exception as exc:
-        return BrokerStatus(False, settings.bootstrap_servers, managed=False, detail=str(exc))
+        detail = redact(str(exc))
+        return BrokerStatus(False, settings.bootstrap_servers, managed=False, detail=detail)
     return BrokerStatus(
         running=bool(metadata.brokers),
         bootstrap=settings.bootstrap_servers,
