@@ -42,6 +42,7 @@ from streams.kafka import make_producer
 from streams.monitoring.drift import HistogramRow
 from streams.monitoring.metrics import WorkerMetrics
 from streams.monitoring.stream import DriftMonitor
+from streams.redact import redact
 from streams.scoring.modelset import ModelHolder, ModelSet
 from streams.scoring.pipeline import (
     DecodedBatch,
@@ -158,7 +159,7 @@ class Scoring:
 
             raise FeatureError(
                 "no successful nightly feature run in ClickHouse "
-                f"({settings.clickhouse_url}): run `streamscore nightly` before scoring"
+                f"({redact(settings.clickhouse_url)}): run `streamscore nightly` before scoring"
             )
         self.holder = holder or ModelHolder()
         if not self.holder.loaded:
@@ -234,7 +235,9 @@ class Scoring:
             if self.features.refresh_if_newer():
                 log.info("features now from nightly run %s", self.features.run_id)
         except Exception as exc:  # keep serving the loaded run
-            log.error("feature refresh failed, keeping run %s: %s", self.features.run_id, exc)
+            # The online store (Redis) or ClickHouse may quote its URL: redacted.
+            run_id = self.features.run_id
+            log.error("feature refresh failed, keeping run %s: %s", run_id, redact(str(exc)))
         stamp = self._registry_stamp()
         if stamp != self._registry_mtime:
             self._registry_mtime = stamp

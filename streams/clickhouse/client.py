@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from streams.errors import ConfigError, SinkError
+from streams.redact import redact
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -34,27 +36,54 @@ def quote_identifier(name: str) -> str:
 def connect(settings: Settings, *, create_database: bool = True) -> Client:
     """A client for ``settings.clickhouse_url``; creates ``settings.clickhouse_database`` if asked.
 
+    A server's user and password come from ``STREAMSCORE_CLICKHOUSE_USER`` and
+    ``STREAMSCORE_CLICKHOUSE_PASSWORD`` (or the DSN itself); no error quotes the password.
     chDB allows one process per data path: open it in the process that owns it (the worker
     or ``streamscore nightly``), not from two processes at once.
     """
     import clickhouse_connect
 
     url = settings.clickhouse_url
+    shown = redact(url)
     database = quote_identifier(settings.clickhouse_database)
+    username: str | None = None
+    password = ""  # clickhouse-connect's "not given": the DSN's own, if any, is used
     if url.startswith("chdb://"):
         path = url.removeprefix("chdb://")
         if not path:
-            raise ConfigError(f"ClickHouse DSN {url!r} names no chDB data path (chdb:///path)")
+            raise ConfigError(f"ClickHouse DSN {shown!r} names no chDB data path (chdb:///path)")
         Path(path).mkdir(parents=True, exist_ok=True)
-    elif not url.startswith(("http://", "https://")):
+    elif url.startswith(("http://", "https://")):
+        username = settings.clickhouse_user
+        if settings.clickhouse_password is not None:
+            password = settings.clickhouse_password.get_secret_value()
+    else:
         raise ConfigError(
-            f"ClickHouse DSN {url!r} is neither chdb:///path nor http(s)://host:port "
+            f"ClickHouse DSN {shown!r} is neither chdb:///path nor http(s)://host:port "
             "(STREAMSCORE_CLICKHOUSE_DSN)"
         )
     try:
-        client = clickhouse_connect.get_client(dsn=url)
+        client = clickhouse_connect.get_client(dsn=url, username=username, password=password)
         if create_database:
             client.command(f"create database if not exists {database}")
     except Exception as exc:  # clickhouse_connect raises its own tree and OSError
-        raise SinkError(f"cannot open ClickHouse at {url}: {exc}") from exc
+        reason = scrub(str(exc), settings)
+        # The cause is kept unless its text quotes a secret: a traceback prints it as is.
+        cause = exc if reason == str(exc) else None
+        raise SinkError(f"cannot open ClickHouse at {shown}: {reason}") from cause
     return client
+
+
+def scrub(text: str, settings: Settings) -> str:
+    """``text`` redacted, and with the ClickHouse password masked wherever it appears
+    (a server error may quote it outside any URL)."""
+    masked = redact(text)
+    password = settings.clickhouse_password
+    secrets = [password.get_secret_value()] if password is not None else []
+    embedded = urlsplit(settings.clickhouse_url).password
+    if embedded:
+        secrets += [embedded, unquote(embedded)]
+    for secret in secrets:
+        if secret:
+            masked = masked.replace(secret, "***")
+    return masked

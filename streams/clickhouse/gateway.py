@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from streams.clickhouse.client import connect, quote_identifier
 from streams.clickhouse.migrations import apply_migrations
 from streams.errors import SinkError
+from streams.redact import redact
 
 T = TypeVar("T")
 
@@ -26,6 +27,13 @@ if TYPE_CHECKING:
     from clickhouse_connect.driver.query import QueryResult
 
     from streams.settings import Settings
+
+
+def _failed(what: str, exc: Exception) -> tuple[SinkError, Exception | None]:
+    """A SinkError for ``what`` quoting ``exc`` redacted, and the cause to chain: none when
+    ``exc``'s own text held a credential (a traceback would print it as is)."""
+    reason = redact(str(exc))
+    return SinkError(f"{what}: {reason}"), exc if reason == str(exc) else None
 
 
 class ClickHouseGateway:
@@ -68,7 +76,8 @@ class ClickHouseGateway:
                     settings=dict(settings or {}),
                 )
         except Exception as exc:
-            raise SinkError(f"insert into {self.database}.{table} failed: {exc}") from exc
+            error, cause = _failed(f"insert into {self.database}.{table} failed", exc)
+            raise error from cause
 
     def insert_arrow(
         self, table: str, data: pa.Table, *, settings: Mapping[str, Any] | None = None
@@ -78,7 +87,8 @@ class ClickHouseGateway:
             with self._lock:
                 self._client.insert_arrow(self.table(table), data, settings=dict(settings or {}))
         except Exception as exc:
-            raise SinkError(f"insert into {self.database}.{table} failed: {exc}") from exc
+            error, cause = _failed(f"insert into {self.database}.{table} failed", exc)
+            raise error from cause
 
     def run(self, work: Callable[[Client], T]) -> T:
         """``work(client)`` under the lock, for helpers written against a plain Client."""
@@ -99,14 +109,16 @@ class ClickHouseGateway:
                     sql, parameters=dict(parameters or {}), settings=dict(settings or {})
                 )
         except Exception as exc:
-            raise SinkError(f"query failed on {self.database}: {exc}") from exc
+            error, cause = _failed(f"query failed on {self.database}", exc)
+            raise error from cause
 
     def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
         try:
             with self._lock:
                 return self._client.command(sql, parameters=dict(parameters or {}))
         except Exception as exc:
-            raise SinkError(f"command failed on {self.database}: {exc}") from exc
+            error, cause = _failed(f"command failed on {self.database}", exc)
+            raise error from cause
 
     def close(self) -> None:
         with self._lock:

@@ -2,27 +2,40 @@
 
 The definitions in ``features/`` are plain Feast objects; the store's config (registry,
 online store, repo path) is built here from Settings instead of ``feature_store.yaml``,
-so each ``STREAMSCORE_HOME`` has its own registry and online store.
+so each ``STREAMSCORE_HOME`` has its own registry and online store. The config lives in
+memory only: the Redis password is never written to a file.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from streams.errors import ConfigError
 from streams.features.paths import feast_dir
+from streams.redact import redact
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
     from streams.settings import Settings
 
+__all__ = [
+    "FeastDefinitions",
+    "feature_store",
+    "load_definitions",
+    "redis_connection_string",
+    "repo_config",
+]
+
 PROJECT = "streamscore"
+# TLS options of redis-py that a rediss:// URL may carry as query parameters.
+_REDIS_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 REPO_MODULES = ("entities", "data_sources", "feature_views", "feature_services")
 
 
@@ -92,6 +105,70 @@ def load_definitions(repo_dir: Path) -> FeastDefinitions:
     return definitions
 
 
+def _connection_value(name: str, value: str) -> str:
+    """``value`` as Feast will read it back, or ConfigError (which never quotes it).
+
+    Feast splits the connection string on ``,`` and JSON-decodes each value, so a comma
+    would cut it and ``true`` or ``1.50`` would reach redis-py changed.
+    """
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        decoded = value
+    if "," in value or str(decoded) != value:
+        raise ConfigError(
+            f"the Redis {name} in STREAMSCORE_REDIS_URL/STREAMSCORE_REDIS_PASSWORD cannot be "
+            "passed to Feast: it holds a ',' or reads as JSON (true, null, 1.50, a quoted "
+            "string); choose another"
+        )
+    return value
+
+
+def redis_connection_string(settings: Settings) -> str:
+    """Feast's Redis ``connection_string`` for ``settings.redis_url``: ``host:port,db=N``
+    plus ``username=``, ``password=`` (the URL's or STREAMSCORE_REDIS_PASSWORD) and
+    ``ssl=true`` for ``rediss://``. It holds the password: show it only through ``redact``."""
+    url = urlsplit(settings.redis_url)
+    shown = redact(settings.redis_url)
+    if url.scheme not in ("redis", "rediss"):
+        raise ConfigError(
+            f"STREAMSCORE_REDIS_URL={shown!r}: use redis://host:port/db (or rediss:// for TLS)"
+        )
+    try:
+        port = url.port or 6379
+    except ValueError:
+        raise ConfigError(f"STREAMSCORE_REDIS_URL={shown!r} has no valid port") from None
+    database = url.path.strip("/") or "0"
+    host = url.hostname or "127.0.0.1"
+    if not database.isdigit() or ":" in host:
+        raise ConfigError(
+            f"STREAMSCORE_REDIS_URL={shown!r}: the path must be a database number and the "
+            "host a name or an IPv4 address (Feast's connection string cannot carry IPv6)"
+        )
+    parts = [f"{host}:{port}", f"db={database}"]
+    if url.username:
+        parts.append(f"username={_connection_value('user name', unquote(url.username))}")
+    if settings.redis_password is not None:
+        password: str | None = settings.redis_password.get_secret_value()
+    else:
+        password = unquote(url.password) if url.password else None
+    if password:
+        parts.append(f"password={_connection_value('password', password)}")
+    if url.scheme == "rediss":
+        parts.append("ssl=true")
+    query = parse_qs(url.query)
+    unknown = sorted(set(query) - set(_REDIS_TLS_OPTIONS))
+    if unknown or (query and url.scheme != "rediss"):
+        raise ConfigError(
+            f"STREAMSCORE_REDIS_URL={shown!r}: only a rediss:// URL takes parameters, and "
+            f"only {', '.join(_REDIS_TLS_OPTIONS)}"
+        )
+    for name in _REDIS_TLS_OPTIONS:
+        if name in query:
+            parts.append(f"{name}={_connection_value(name, query[name][-1])}")
+    return ",".join(parts)
+
+
 def repo_config(settings: Settings) -> Any:
     """Feast's RepoConfig for this home: file offline store, SQLite or Redis online store."""
     from feast.repo_config import RepoConfig
@@ -101,12 +178,7 @@ def repo_config(settings: Settings) -> Any:
     if settings.online_store == "sqlite":
         online = {"type": "sqlite", "path": str(root / "online.db")}
     elif settings.online_store == "redis":
-        url = urlparse(settings.redis_url)
-        database = url.path.strip("/") or "0"
-        online = {
-            "type": "redis",
-            "connection_string": f"{url.hostname or '127.0.0.1'}:{url.port or 6379},db={database}",
-        }
+        online = {"type": "redis", "connection_string": redis_connection_string(settings)}
     else:
         raise ConfigError(
             f"STREAMSCORE_ONLINE_STORE={settings.online_store!r}: use 'sqlite' or 'redis'"
