@@ -1,17 +1,25 @@
 """Load and check one model artifact before anything serves it.
 
-Checks, in order, each failing with a ModelError that names the file, what was
-expected and what was found: the sidecar parses; the ONNX file's sha256 matches the
-sidecar; the protobuf parses; no tensor points at external data outside the model
-directory; the ONNX metadata agrees with the sidecar; the sidecar's feature service,
-feature order, dtypes and defaults equal the FeatureServiceSpec the caller serves.
+Every file ONNX Runtime needs (the ``.onnx`` and each external data file it references) is
+read once into memory and hashed; the session is then built from those same bytes, never
+from a path, so a file replaced after the check cannot reach ONNX Runtime.
+
+Checks, in order, each failing with a ModelError that names the file, what was expected
+and what was found: the sidecar parses; the ONNX file's sha256 matches the sidecar; the
+protobuf parses; every externally stored tensor points at a file inside the model's
+directory (relative, no ``..``, no symlink out) that exists; the ONNX metadata agrees with
+the sidecar; the sidecar's feature service, feature order, dtypes and defaults equal the
+FeatureServiceSpec the caller serves; the sidecar hashes exactly the external files the
+model references; each external file's sha256 matches and holds every tensor's bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -19,20 +27,76 @@ from streams.errors import ModelError
 from streams.features.spec import FeatureServiceSpec
 from streams.scoring.metadata import ModelMetadata, sidecar_path
 
-__all__ = ["Artifact", "check_external_data", "check_feature_service", "load_artifact", "sha256_of"]
+__all__ = [
+    "Artifact",
+    "artifact_hashes",
+    "check_feature_service",
+    "external_data_files",
+    "load_artifact",
+    "sha256_of",
+]
 
 # ONNX metadata_props keys written by models.export and cross-checked here.
 META_PREFIX = "streamscore."
+# A serialised ModelProto cannot exceed 2 GiB (protobuf's limit).
+PROTOBUF_LIMIT = 2**31 - 1
+NOT_LOADED = "the model was not loaded"
+# ONNX Runtime reads a tensor with this location from the memory address in its offset.
+ORT_MEMORY_TAG = "*/_ORT_MEM_ADDR_/*"
 
 
 @dataclass(frozen=True, slots=True)
 class Artifact:
-    """A checked artifact: its sidecar, its exact bytes and whether it uses external data."""
+    """A checked artifact: its sidecar and the exact bytes of every file ONNX Runtime needs.
+
+    ``external_data`` maps each external data location, as written in the model, to the
+    contents of that file as read and hashed by ``load_artifact``.
+    """
 
     path: Path
     metadata: ModelMetadata
     model_bytes: bytes
-    has_external_data: bool
+    external_data: Mapping[str, bytes] = field(default_factory=dict)
+
+    @property
+    def has_external_data(self) -> bool:
+        return bool(self.external_data)
+
+    def session_model(self, *, initializers_in_memory: bool) -> bytes:
+        """The model to hand ``onnxruntime.InferenceSession``, made only of hashed bytes.
+
+        ONNX Runtime takes the external files of the main graph's initializers from
+        memory (``SessionOptions.add_external_initializers_from_files_in_memory``, given
+        ``external_data``), but opens files itself for external tensors anywhere else:
+        subgraphs, Constant attributes, sparse tensors, functions. Those tensors are
+        copied into the graph here from ``external_data``; with
+        ``initializers_in_memory=False`` (an onnxruntime without that method) every
+        external tensor is. A model with nothing to copy is returned as the bytes hashed.
+        """
+        if not self.external_data:
+            return self.model_bytes
+        model = _parse(self.path, self.model_bytes)
+        todo = [
+            t
+            for t, top_level in _all_tensors(model)
+            if _is_external(t) and not (top_level and initializers_in_memory)
+        ]
+        if not todo:
+            return self.model_bytes
+        spans = [(t, *_span(t, self.external_data, self.path)) for t in todo]
+        grown = len(self.model_bytes) + sum(length for _, _, _, length in spans)
+        if grown > PROTOBUF_LIMIT:
+            raise ModelError(
+                f"model {self.path}: copying {grown - len(self.model_bytes)} bytes of external "
+                f"data into the graph would pass protobuf's 2 GiB limit ({grown} bytes); keep "
+                f"large tensors as main-graph initializers and use an onnxruntime with "
+                f"SessionOptions.add_external_initializers_from_files_in_memory; {NOT_LOADED}"
+            )
+        for tensor, location, offset, length in spans:
+            tensor.raw_data = self.external_data[location][offset : offset + length]
+            del tensor.external_data[:]
+            tensor.data_location = _onnx().TensorProto.DEFAULT
+        return bytes(model.SerializeToString(deterministic=True))
 
 
 def sha256_of(data: bytes) -> str:
@@ -40,39 +104,71 @@ def sha256_of(data: bytes) -> str:
 
 
 def load_artifact(onnx_path: Path, spec: FeatureServiceSpec | None) -> Artifact:
-    """Read ``onnx_path`` and its sidecar and run every check; ``spec=None`` skips the spec check.
+    """Read ``onnx_path``, its sidecar and its external data files and run every check.
 
-    The bytes that were hashed are the bytes handed to ONNX Runtime, so a file replaced
-    between the check and the load cannot slip through.
+    ``spec=None`` skips the spec check. Each file is read exactly once; the Artifact holds
+    the bytes that were hashed, and only those reach ONNX Runtime (see ``Scorer``).
     """
     onnx_path = Path(onnx_path)
-    metadata = ModelMetadata.read(sidecar_path(onnx_path))
-    try:
-        model_bytes = onnx_path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"model file {onnx_path} cannot be read: {exc}") from exc
+    sidecar = sidecar_path(onnx_path)
+    metadata = ModelMetadata.read(sidecar)
+    model_bytes = _read(onnx_path, "model file")
     found = sha256_of(model_bytes)
     if found != metadata.onnx_sha256:
         raise ModelError(
             f"model file {onnx_path} is corrupt or was replaced: sha256 expected "
-            f"{metadata.onnx_sha256} (from {sidecar_path(onnx_path).name}), found {found} "
-            f"({len(model_bytes)} bytes)"
+            f"{metadata.onnx_sha256} (from {sidecar.name}), found {found} "
+            f"({len(model_bytes)} bytes); {NOT_LOADED}"
         )
     model = _parse(onnx_path, model_bytes)
-    has_external = check_external_data(model, onnx_path)
+    files = external_data_files(model, onnx_path)
     _check_onnx_metadata(model, metadata, onnx_path)
     if spec is not None:
         check_feature_service(metadata, spec, onnx_path)
-    return Artifact(onnx_path, metadata, model_bytes, has_external)
+    # Cheap checks first: the external files (possibly gigabytes) are read last.
+    external = _read_external(files, metadata, onnx_path)
+    for tensor, _ in _all_tensors(model):
+        if _is_external(tensor):
+            _span(tensor, external, onnx_path)
+    return Artifact(onnx_path, metadata, model_bytes, external)
+
+
+def artifact_hashes(onnx_path: Path) -> tuple[str, dict[str, str]]:
+    """The sha256 of ``onnx_path`` and of each external data file it references.
+
+    What a sidecar records (``onnx_sha256``, ``external_data``); the writer's side of
+    ``load_artifact``, with the same location checks.
+    """
+    onnx_path = Path(onnx_path)
+    model_bytes = _read(onnx_path, "model file")
+    files = external_data_files(_parse(onnx_path, model_bytes), onnx_path)
+    return sha256_of(model_bytes), {
+        location: sha256_of(_read(target, "external data file"))
+        for location, target in sorted(files.items())
+    }
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - onnx is a core dependency
+        raise ModelError("the 'onnx' package is needed to check model artifacts") from exc
+    return onnx
+
+
+def _read(path: Path, what: str) -> bytes:
+    """The whole of one regular file (a FIFO or device could block or never end)."""
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ModelError(f"{what} {path} is not a regular file; {NOT_LOADED}")
+            return f.read()
+    except OSError as exc:
+        raise ModelError(f"{what} {path} cannot be read: {exc}; {NOT_LOADED}") from exc
 
 
 def _parse(onnx_path: Path, model_bytes: bytes) -> Any:
-    try:
-        import onnx
-    except ImportError as exc:  # pragma: no cover - onnx ships with the train extra
-        raise ModelError(
-            f"cannot inspect {onnx_path}: the 'onnx' package is needed to check artifacts"
-        ) from exc
+    onnx = _onnx()
     try:
         model = onnx.load_model_from_string(model_bytes)
     except Exception as exc:  # protobuf DecodeError and friends
@@ -82,9 +178,27 @@ def _parse(onnx_path: Path, model_bytes: bytes) -> Any:
     return model
 
 
+def _all_tensors(model: Any) -> Iterator[tuple[Any, bool]]:
+    """Every TensorProto in the model, paired with True for the main graph's initializers."""
+    for tensor in model.graph.initializer:
+        yield tensor, True
+    nested = [_nested_tensors(model.graph)]
+    nested += [_attribute_tensors(node.attribute) for f in model.functions for node in f.node]
+    # ONNX Runtime ignores training_info; it is checked anyway so no file is left unhashed.
+    for info in model.training_info:
+        nested += [_tensors(info.initialization), _tensors(info.algorithm)]
+    for tensors in nested:
+        for tensor in tensors:
+            yield tensor, False
+
+
 def _tensors(graph: Any) -> Iterator[Any]:
     """Every TensorProto in a graph, its sparse tensors and (recursively) its subgraphs."""
     yield from graph.initializer
+    yield from _nested_tensors(graph)
+
+
+def _nested_tensors(graph: Any) -> Iterator[Any]:
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
@@ -109,27 +223,31 @@ def _attribute_tensors(attributes: Any) -> Iterator[Any]:
             yield from _tensors(sub)
 
 
-def check_external_data(model: Any, onnx_path: Path) -> bool:
-    """Refuse tensors whose external data lies outside the model's directory.
+def _is_external(tensor: Any) -> bool:
+    return bool(tensor.data_location == _onnx().TensorProto.EXTERNAL)
 
-    Returns True when the model has (allowed) external data. A location that is
-    absolute, drive-qualified, contains ``..`` or resolves (through symlinks) outside the
-    directory is refused; so is a tensor marked EXTERNAL without a location.
+
+def _entries(tensor: Any) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def external_data_files(model: Any, onnx_path: Path) -> dict[str, Path]:
+    """Each external data location the model references, mapped to the file it names.
+
+    Refused: a tensor marked EXTERNAL without a location; a location that is absolute,
+    drive-qualified, contains ``..``, is ONNX Runtime's raw-memory tag, is not in plain
+    form (``./w.bin``, ``a//b``: ONNX Runtime matches in-memory files by name, so one file
+    must have one spelling), or resolves (through symlinks) outside the model's directory;
+    a file that is missing or not a regular file.
     """
-    import onnx
-
     base = onnx_path.resolve().parent
-    tensors = list(_tensors(model.graph))
-    for function in model.functions:
-        for node in function.node:
-            tensors.extend(_attribute_tensors(node.attribute))
-    found = False
-    for tensor in tensors:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+    files: dict[str, Path] = {}
+    for tensor, _ in _all_tensors(model):
+        if not _is_external(tensor):
             continue
-        found = True
-        entries = {e.key: e.value for e in tensor.external_data}
-        location = entries.get("location", "")
+        location = _entries(tensor).get("location", "")
+        if location in files:
+            continue
         where = f"model file {onnx_path}: tensor {tensor.name!r} stores its data externally at"
         if not location:
             raise ModelError(f"{where} no location (expected a file name inside {base})")
@@ -142,12 +260,78 @@ def check_external_data(model: Any, onnx_path: Path) -> bool:
             raise ModelError(
                 f"{where} {location!r}, which climbs out with '..'; expected a file inside {base}"
             )
+        if location == ORT_MEMORY_TAG:
+            raise ModelError(
+                f"{where} {location!r}, ONNX Runtime's tag for data at a raw memory address; "
+                f"expected a file name inside {base}"
+            )
+        if posix.as_posix() != location:
+            raise ModelError(
+                f"{where} {location!r}, which is not in plain form; expected {posix.as_posix()!r}"
+            )
         target = (base / location).resolve()
         if not target.is_relative_to(base):
             raise ModelError(f"{where} {location!r}, which resolves to {target} outside {base}")
+        if not target.exists():
+            raise ModelError(f"{where} {location!r}, but {target} does not exist; {NOT_LOADED}")
         if not target.is_file():
-            raise ModelError(f"{where} {location!r}, but {target} does not exist")
-    return found
+            raise ModelError(f"{where} {location!r}, but {target} is not a regular file")
+        files[location] = target
+    return files
+
+
+def _read_external(
+    files: Mapping[str, Path], metadata: ModelMetadata, onnx_path: Path
+) -> dict[str, bytes]:
+    """Read and hash each referenced file; the sidecar must hash exactly these files."""
+    sidecar = sidecar_path(onnx_path)
+    unhashed = sorted(set(files) - set(metadata.external_data))
+    if unhashed:
+        raise ModelError(
+            f"model file {onnx_path} reads external data from {unhashed} (in {onnx_path.parent}) "
+            f"but its sidecar {sidecar} records no sha256 for it: expected an 'external_data' "
+            f"entry per file, found {sorted(metadata.external_data)}; {NOT_LOADED}"
+        )
+    unreferenced = sorted(set(metadata.external_data) - set(files))
+    if unreferenced:
+        raise ModelError(
+            f"sidecar {sidecar} hashes external data {unreferenced} that model file "
+            f"{onnx_path} does not reference, so it does not describe this model; {NOT_LOADED}"
+        )
+    external: dict[str, bytes] = {}
+    for location, target in files.items():
+        data = _read(target, "external data file")
+        found, expected = sha256_of(data), metadata.external_data[location]
+        if found != expected:
+            raise ModelError(
+                f"external data file {target} (location {location!r} of model file "
+                f"{onnx_path}) is corrupt or was replaced: sha256 expected {expected} "
+                f"(from {sidecar.name}), found {found} ({len(data)} bytes); {NOT_LOADED}"
+            )
+        external[location] = data
+    return external
+
+
+def _span(tensor: Any, external: Mapping[str, bytes], onnx_path: Path) -> tuple[str, int, int]:
+    """``(location, offset, length)`` of a tensor's bytes, checked to lie inside the file.
+
+    Without a ``length`` the tensor runs to the end of the file, as ``onnx`` reads it.
+    """
+    entries = _entries(tensor)
+    location = entries["location"]
+    size = len(external[location])
+    where = f"model file {onnx_path}: tensor {tensor.name!r} in external data {location!r}"
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else size - offset
+    except ValueError as exc:
+        raise ModelError(f"{where} has a non-integer offset or length: {exc}") from exc
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ModelError(
+            f"{where} spans bytes [{offset}, {offset + length}), but the file has {size} "
+            f"bytes; {NOT_LOADED}"
+        )
+    return location, offset, length
 
 
 def _check_onnx_metadata(model: Any, metadata: ModelMetadata, onnx_path: Path) -> None:

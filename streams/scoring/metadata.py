@@ -1,7 +1,10 @@
 """The JSON sidecar written next to each ONNX artifact: what the model is and how to feed it.
 
 ``models/artifacts/<name>-<version>.onnx`` has ``<name>-<version>.json`` beside it. The
-sidecar is the contract the loader checks against the feature service before serving.
+sidecar is the contract the loader checks against the feature service before serving, and
+it holds the sha256 of every file ONNX Runtime will read: the ``.onnx`` itself
+(``onnx_sha256``) and each external data file it references (``external_data``, keyed by
+the location written in the model, relative to the model's folder).
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ class ModelMetadata:
     features: tuple[FeatureColumn, ...]
     thresholds: Thresholds
     onnx_sha256: str
+    # location (as written in the ONNX file, relative to its folder) -> sha256 of that file.
+    external_data: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     training_data: dict[str, Any] = field(default_factory=dict)
     feature_baselines: dict[str, Histogram] = field(default_factory=dict)
@@ -120,6 +125,7 @@ class ModelMetadata:
             },
             "params": self.params,
             "onnx_sha256": self.onnx_sha256,
+            "external_data": dict(self.external_data),
         }
 
     def write(self, path: Path) -> None:
@@ -166,6 +172,7 @@ class ModelMetadata:
                 features=features,
                 thresholds=Thresholds.from_dict(data["thresholds"]),
                 onnx_sha256=str(data["onnx_sha256"]),
+                external_data=_external_data(data.get("external_data"), where),
                 metrics={str(k): float(v) for k, v in (data.get("metrics") or {}).items()},
                 training_data=dict(data.get("training_data") or {}),
                 feature_baselines={
@@ -181,3 +188,22 @@ class ModelMetadata:
             raise ModelError(
                 f"{where}: sidecar is missing or has a malformed field: {exc!r}"
             ) from exc
+
+
+def _external_data(value: Any, where: str) -> dict[str, str]:
+    """``{location: sha256}``; absent means the model has no external data.
+
+    Sidecars written before external data was hashed have no such field. That stays
+    safe: a model that does reference external files is refused at load, because the
+    sidecar does not hash them.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ModelError(
+            f"{where}: 'external_data' must map each external data file's location to its "
+            f"sha256 (both strings), found {value!r}"
+        )
+    return dict(value)

@@ -1,8 +1,13 @@
-"""Scorer: one checked ONNX artifact in one ONNX Runtime session, scoring float32 batches."""
+"""Scorer: one checked ONNX artifact in one ONNX Runtime session, scoring float32 batches.
+
+The session is built from the artifact's in-memory bytes (the ones ``load_artifact``
+hashed), never from a path, so ONNX Runtime reads no file of its own.
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +62,7 @@ class Scorer:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # Keep ONNX Runtime's own CUDA-missing warnings quiet; we report the outcome below.
         options.log_severity_level = 3
-        source: str | bytes = (
-            str(artifact.path) if artifact.has_external_data else artifact.model_bytes
-        )
-        try:
-            self.session = ort.InferenceSession(source, options, providers=requested)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelError(f"ONNX Runtime cannot load model {artifact.path}: {exc}") from exc
+        self.session = _open_session(artifact, options, requested)
         self.requested_providers: tuple[str, ...] = tuple(requested)
         self.providers: tuple[str, ...] = tuple(self.session.get_providers())
         self.provider: str = self.providers[0]
@@ -178,3 +177,36 @@ class Scorer:
         """Scores and decisions with this model's thresholds."""
         scores = self.score(x, missing)
         return scores, decide(scores, self.metadata.thresholds)
+
+
+def _open_session(
+    artifact: Artifact, options: ort.SessionOptions, providers: list[str]
+) -> ort.InferenceSession:
+    """An InferenceSession made only of the artifact's hashed bytes.
+
+    The main graph's external initializers come from memory; any other external tensor
+    has been copied into the graph by ``Artifact.session_model``. In case ONNX Runtime
+    still looks for a file, its external-data folder is pointed at an empty directory that
+    lives only while the session is built, so such a lookup fails instead of reading
+    whatever sits beside the model or in the working directory.
+    """
+    # In the Python API since late 2025 (onnxruntime PR #26012); older releases get every
+    # external tensor copied into the graph instead (2 GiB in all at most).
+    in_memory = hasattr(options, "add_external_initializers_from_files_in_memory")
+    model = artifact.session_model(initializers_in_memory=in_memory)
+    if in_memory and artifact.external_data:
+        names = list(artifact.external_data)
+        buffers = [artifact.external_data[n] for n in names]
+        options.add_external_initializers_from_files_in_memory(
+            names, buffers, [len(b) for b in buffers]
+        )
+    with tempfile.TemporaryDirectory(prefix="streamscore-no-files-") as empty:
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", empty
+        )
+        try:
+            return ort.InferenceSession(model, options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelError(
+                f"ONNX Runtime cannot load model {artifact.path}: {exc}; the model was not loaded"
+            ) from exc

@@ -33,12 +33,14 @@ def artifact(trained: TrainResult, tmp_path: Path) -> Path:
     return tmp_path / trained.onnx_path.name
 
 
-def _resign(onnx_path: Path, data: bytes) -> None:
+def _resign(onnx_path: Path, data: bytes, external: dict[str, str] | None = None) -> None:
     """Write new model bytes and a sidecar sha that matches them (a well-formed forgery)."""
     onnx_path.write_bytes(data)
     sidecar = onnx_path.with_suffix(".json")
     meta = json.loads(sidecar.read_text())
     meta["onnx_sha256"] = sha256_of(data)
+    if external is not None:
+        meta["external_data"] = external
     sidecar.write_text(json.dumps(meta))
 
 
@@ -152,7 +154,15 @@ def test_external_data_symlink_escape_is_refused(artifact: Path, tmp_path: Path)
         load_artifact(artifact, SPEC)
 
 
-def test_external_data_inside_model_dir_is_allowed(artifact: Path) -> None:
-    (artifact.parent / "weights.bin").write_bytes(b"\0" * 8)
+def test_external_data_inside_model_dir_is_allowed_when_the_sidecar_hashes_it(
+    artifact: Path,
+) -> None:
+    weights = b"\0" * 8
+    (artifact.parent / "weights.bin").write_bytes(weights)
     _with_external(artifact, "weights.bin")
-    assert load_artifact(artifact, SPEC).has_external_data
+    with pytest.raises(ModelError, match=r"reads external data from \['weights.bin'\]"):
+        load_artifact(artifact, SPEC)
+    _resign(artifact, artifact.read_bytes(), {"weights.bin": sha256_of(weights)})
+    loaded = load_artifact(artifact, SPEC)
+    assert loaded.has_external_data
+    assert loaded.external_data == {"weights.bin": weights}
