@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from models import evaluate
 from models.export import lightgbm_to_onnx, sklearn_to_onnx, stamp
 from streams.errors import ModelError
 from streams.features.spec import FeatureServiceSpec
-from streams.scoring.artifact import sha256_of
+from streams.scoring.artifact import artifact_hashes, sha256_of
 from streams.scoring.metadata import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -226,7 +226,7 @@ def train(
         feature_service=spec.name,
         features=tuple(FeatureColumn(f.name, f.dtype, f.default) for f in spec.features),
         thresholds=evaluate.thresholds(y_hold, onnx_hold),
-        onnx_sha256=sha256_of(model_bytes),
+        onnx_sha256="",  # filled in from the files once they are written
         metrics=scores_metrics,
         training_data={
             "start": _utc(times.min()),
@@ -246,6 +246,15 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / f"{meta.model_id}.onnx"
     onnx_path.write_bytes(model_bytes)
+    # The sidecar hashes every file the loader will read, as it lies on disk: the model
+    # and each external data file it references (none today: stamp() inlines every tensor).
+    onnx_sha256, external_data = artifact_hashes(onnx_path)
+    if onnx_sha256 != sha256_of(model_bytes):
+        raise ModelError(
+            f"{onnx_path} changed while it was written: sha256 expected "
+            f"{sha256_of(model_bytes)} (the exported model), found {onnx_sha256}"
+        )
+    meta = replace(meta, onnx_sha256=onnx_sha256, external_data=external_data)
     meta.write(sidecar_path(onnx_path))
     card = onnx_path.with_suffix(".md")
     card.write_text(model_card(meta))
@@ -276,11 +285,16 @@ def model_card(meta: ModelMetadata) -> str:
     def fmt(key: str) -> str:
         return f"{m[key]:.4f}" if key in m else "n/a"
 
+    external = "".join(
+        f"\n  + external data `{location}`, sha256 `{digest}`"
+        for location, digest in sorted(meta.external_data.items())
+    )
+
     return f"""# Model card: {meta.model_id}
 
 - **Kind:** {meta.kind} ({", ".join(f"{k}={v}" for k, v in sorted(meta.params.items()))})
 - **Feature service:** `{meta.feature_service}` ({len(meta.features)} features, order fixed)
-- **Artifact:** `{meta.model_id}.onnx`, sha256 `{meta.onnx_sha256}`
+- **Artifact:** `{meta.model_id}.onnx`, sha256 `{meta.onnx_sha256}`{external}
 - **Input / output:** `{INPUT_NAME}` float32 [N, {len(meta.features)}] → `{OUTPUT_NAME}` float32 [N]
   (fraud probability); missing values take each feature's declared default.
 
