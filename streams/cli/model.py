@@ -355,7 +355,11 @@ def retire(settings: Settings, model_id: str) -> None:
 @model.command()
 @click.pass_obj
 def verify(settings: Settings) -> None:
-    """Load every registered model as the worker would: sha256, features, session, warm-up."""
+    """Load every registered model as the worker would: hashes, features, session, warm-up.
+
+    The sha256 of each .onnx and of every external data file it references is checked
+    against its sidecar, and the session is built from the bytes that were checked.
+    """
     from streams.scoring.registry import artifact_path, load_registry
     from streams.scoring.scorer import Scorer
 
