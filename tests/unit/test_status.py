@@ -17,11 +17,16 @@ from streams.cli.status import (
     StatusReport,
     Throughput,
     format_status,
+    gather,
     kafka_status,
     last_nightly,
     throughput,
 )
-from streams.errors import KafkaError
+from streams.errors import KafkaError, SinkError
+from streams.settings import Settings
+
+PLANTED = "hunter2-PLANTED"
+DSN_WITH_PASSWORD = f"http://analyst:{PLANTED}@127.0.0.1:9/"  # a closed local port
 
 
 def done(value: Any) -> Future[Any]:
@@ -140,3 +145,28 @@ def test_clickhouse_queries_shape_rows() -> None:
         nightly is not None and nightly.status == "failed" and nightly.durations_s == {"dbt": 1.5}
     )
     assert last_nightly(lambda sql, p: [], "streamscore") is None
+
+
+def test_status_never_shows_the_clickhouse_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.delenv("STREAMSCORE_CLICKHOUSE_USER", raising=False)
+    monkeypatch.delenv("STREAMSCORE_CLICKHOUSE_PASSWORD", raising=False)
+    settings = Settings(home=tmp_path, clickhouse_dsn=DSN_WITH_PASSWORD)
+    # The real query path: the server is down, its error quotes the DSN.
+    report = gather(settings, admin=FakeAdmin({}, {}))
+    assert "analyst:***@127.0.0.1:9" in report.clickhouse_error
+    assert PLANTED not in report.clickhouse_error
+
+    def leaky(sql: str, parameters: Any) -> list[dict[str, Any]]:
+        raise SinkError(f"query on {DSN_WITH_PASSWORD} failed, password={PLANTED}")
+
+    leaked = gather(settings, rows=leaky, admin=FakeAdmin({}, {}))
+    for screen in (format_status(report), format_status(leaked)):
+        assert "unavailable: " in screen and PLANTED not in screen
+
+
+def test_the_screen_redacts_a_url_in_a_group_error() -> None:
+    group = GroupStatus("streamscore-score", error=f"SASL failed for sasl://u:{PLANTED}@b:9093")
+    screen = format_status(StatusReport("b:9093", (group,)))
+    assert "sasl://u:***@b:9093" in screen and PLANTED not in screen
