@@ -109,7 +109,9 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except StreamscoreError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        from streams.redact import redact  # the last stop of every message: no password
+
+        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(1)
 
 

@@ -88,3 +88,22 @@ def test_every_command_has_help() -> None:
         result = runner.invoke(cli, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
         assert "Usage:" in result.output
+
+
+def test_cli_errors_never_print_a_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import sys
+
+    from streams.cli.main import main
+
+    planted = "hunter2-PLANTED"
+    monkeypatch.setenv("STREAMSCORE_HOME", str(tmp_path))
+    monkeypatch.setenv("STREAMSCORE_CLICKHOUSE_DSN", f"http://analyst:{planted}@127.0.0.1:9/")
+    monkeypatch.setattr(sys, "argv", ["streamscore", "db", "migrate"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "cannot open ClickHouse at http://analyst:***@127.0.0.1:9/" in err
+    assert planted not in err
