@@ -10,7 +10,10 @@
     │   └── DeliveryError      a produced record was not acknowledged
     ├── FeatureError           nightly features could not be built or served
     ├── ModelError             a model artifact is corrupt, mismatched or cannot load
-    └── SinkError              a sink (ClickHouse, lake) failed to write
+    ├── SinkError              a sink (ClickHouse, lake) failed to write
+    ├── QueryRefused           an analyst's SQL is not one read-only statement, or is not allowed
+    │   └── QueryBusy          every read-only query slot is taken; try again
+    └── QueryFailed            ClickHouse failed an analyst's query (a limit, an unknown table)
 
 Every message says what was wrong, with which input, and where the data went.
 """
@@ -87,3 +90,15 @@ class ModelError(StreamscoreError):
 
 class SinkError(StreamscoreError):
     """A sink failed to write; the batch's offsets were not committed."""
+
+
+class QueryRefused(StreamscoreError):
+    """An analyst's statement was refused before it ran; nothing was read or written."""
+
+
+class QueryBusy(QueryRefused):
+    """Every read-only query slot stayed taken for the whole wait; nothing ran."""
+
+
+class QueryFailed(StreamscoreError):
+    """ClickHouse failed an analyst's query; its message says why. Nothing was written."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -23,8 +22,10 @@ from streams.nightly import NightlyRun, run_nightly
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.sinks.handoff import KafkaHandoff
+from streams.sql import ReadOnlySQL
 from streams.topics import apply_topics, declared_topics
-from streams.web.query import open_readonly_gateway, register_query_endpoint
+from streams.web.query import register_query_endpoint
+from streams.web.token import issue_token
 
 log = logging.getLogger("streams.worker")
 
@@ -42,10 +43,10 @@ def build_app(settings: Settings) -> faust.App:
     metrics = WorkerMetrics(worker_id=settings.worker_id, app_id=settings.app_id)
     if settings.web_enabled:
         register_metrics_endpoint(app, metrics)
-        # Analysts' read-only SQL on a separate read-only session (chDB: same engine, the
-        # only way in while this worker holds the data path). Opened on first request.
-        readonly = functools.cache(lambda: open_readonly_gateway(settings))
-        register_query_endpoint(app, readonly)
+        # Analysts' read-only SQL, each query on a read-only session of its own (chDB: same
+        # engine, the only way in while this worker holds the data path), for holders of
+        # the token this worker writes to <home>/sql.token.
+        register_query_endpoint(app, ReadOnlySQL(settings), issue_token(settings.home))
     if "ingest" in settings.agent_names:
         register_ingest_agent(app, settings, registry, KafkaHandoff(settings), metrics)
     if "lake" in settings.agent_names:

@@ -34,9 +34,9 @@ def migrate(settings: Settings) -> None:
     The worker applies them too when it starts; on chDB only one process can open the
     data, so run this while no worker runs (or restart the worker instead).
     """
-    from streams.cli.sql import chdb_lock_holder
     from streams.clickhouse.client import connect
     from streams.clickhouse.migrations import apply_migrations, load_migrations
+    from streams.sql.route import chdb_lock_holder
 
     url = settings.clickhouse_url
     path = Path(url.removeprefix("chdb://")) if url.startswith("chdb://") else None
@@ -77,7 +77,7 @@ def tables(settings: Settings) -> None:
     """Tables and views in the database, with stored row counts (before merges fold
     replaced rows: count with FINAL for exact numbers). Goes through the worker when it
     holds chDB."""
-    from streams.cli.sql import execute
+    from streams.sql.route import execute
 
     output = execute(
         settings,

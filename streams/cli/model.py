@@ -181,7 +181,7 @@ def _check_artifact(settings: Settings, model_id: str, console: Console) -> None
 def _comparison_query(settings: Settings) -> Query:
     """A ``streams.scoring.evidence.Query`` over ``streamscore sql``'s routing: direct, or
     through the worker's /sql endpoint while the worker holds chDB."""
-    from streams.cli.sql import execute
+    from streams.sql.route import execute
 
     def query(sql: str, parameters: Mapping[str, Any]) -> tuple[Sequence[str], list[list[Any]]]:
         output = execute(settings, sql, parameters, "json", 10_000)

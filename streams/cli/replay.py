@@ -44,9 +44,9 @@ def span_request(
 
 def open_writable(settings: Settings) -> Any:
     """The ClickHouse gateway for a replay; a clear error if a worker holds the chDB path."""
-    from streams.cli.sql import chdb_lock_holder
     from streams.clickhouse.gateway import ClickHouseGateway
     from streams.errors import SinkError
+    from streams.sql.route import chdb_lock_holder
 
     url = settings.clickhouse_url
     if url.startswith("chdb://"):

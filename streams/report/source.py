@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from streams.clickhouse.gateway import ClickHouseGateway
     from streams.settings import Settings
+    from streams.sql import ReadOnlySQL
 
 Rows = Callable[[str, Mapping[str, Any]], list[dict[str, Any]]]
 # Aggregates only: no report query returns more rows than this.
@@ -20,7 +20,7 @@ MAX_ROWS = 100_000
 
 def settings_rows(settings: Settings, note: Callable[[str], None] | None = None) -> Rows:
     """A :data:`Rows` for ``settings``' ClickHouse; ``note`` hears once that the worker ran it."""
-    from streams.cli.sql import execute
+    from streams.sql.route import execute
 
     told: list[str] = []
 
@@ -47,12 +47,11 @@ def table_exists(rows: Rows, database: str, name: str) -> bool:
     return bool(found) and int(found[0]["n"]) > 0
 
 
-def gateway_rows(gateway: ClickHouseGateway) -> Rows:
-    """A :data:`Rows` on an open gateway, read-only per query (the worker's /sql path)."""
-    from streams.web.query import run_readonly_query
+def readonly_rows(sql: ReadOnlySQL) -> Rows:
+    """A :data:`Rows` on the read-only query path (what the worker's /sql runs)."""
 
-    def rows(sql: str, parameters: Mapping[str, Any]) -> list[dict[str, Any]]:
-        output = run_readonly_query(gateway, sql, parameters, "json", MAX_ROWS)
+    def rows(text: str, parameters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        output = sql.query(text, parameters, "json", MAX_ROWS)
         return [dict(zip(output.columns, row, strict=True)) for row in output.rows]
 
     return rows

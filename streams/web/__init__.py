@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from streams.web.query import (
-    FORMATS,
-    QueryOutput,
-    check_read_only,
-    handle_query_request,
-    open_readonly_gateway,
-    register_query_endpoint,
-    render,
-    run_readonly_query,
-)
+from streams.web.query import MAX_BODY_BYTES, PATH, handle_query_request, register_query_endpoint
+from streams.web.token import issue_token, read_token
 
 __all__ = [
-    "FORMATS",
-    "QueryOutput",
-    "check_read_only",
+    "MAX_BODY_BYTES",
+    "PATH",
     "handle_query_request",
-    "open_readonly_gateway",
+    "issue_token",
+    "read_token",
     "register_query_endpoint",
-    "render",
-    "run_readonly_query",
 ]

@@ -1,4 +1,4 @@
-"""Read-only queries and the analysts' views (migration 0003) on an in-process chDB.
+"""Analysts' read-only SQL (the CLI path) and the views (migration 0003) on an in-process chDB.
 
 chDB hosts one data path per process at a time: the module's clients are closed at the
 end so that other tests can open theirs.
@@ -6,6 +6,8 @@ end so that other tests can open theirs.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -19,76 +21,19 @@ import pytest
 from streams.clickhouse.client import connect
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.clickhouse.migrations import apply_migrations
-from streams.errors import ConfigError, SinkError, StreamscoreError
+from streams.errors import (
+    ConfigError,
+    QueryBusy,
+    QueryFailed,
+    QueryRefused,
+    SinkError,
+    StreamscoreError,
+)
 from streams.settings import Settings
-from streams.web.query import (
-    check_read_only,
-    handle_query_request,
-    jsonable,
-    open_readonly_gateway,
-    read_only_settings,
-    register_query_endpoint,
-    render,
-    run_readonly_query,
-)
-
-# ---- the pre-check (no ClickHouse) ---------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("sql", "statement"),
-    [
-        ("select 1", "select 1"),
-        ("  SELECT 1;  ", "  SELECT 1"),
-        ("select 1; -- done", "select 1"),
-        ("with 2 as x select x", "with 2 as x select x"),
-        ("(select 1) union all (select 2)", "(select 1) union all (select 2)"),
-        ("show tables from streamscore", "show tables from streamscore"),
-        ("describe table system.one", "describe table system.one"),
-        ("explain select 1", "explain select 1"),
-        ("select ';' as semi, 'insert into x' as s", "select ';' as semi, 'insert into x' as s"),
-        ("select 'it''s; fine', `a;b` from t", "select 'it''s; fine', `a;b` from t"),
-        ("select 'a\\'; b' -- ; drop\n", "select 'a\\'; b' -- ; drop"),
-        ("select /* ; drop table t */ 1", "select /* ; drop table t */ 1"),
-        ("select format('{}', 1)", "select format('{}', 1)"),
-    ],
-)
-def test_read_statements_pass(sql: str, statement: str) -> None:
-    assert check_read_only(sql) == statement
-
-
-@pytest.mark.parametrize(
-    ("sql", "message"),
-    [
-        ("insert into t values (1)", "INSERT statements are refused"),
-        ("drop table t", "DROP statements"),
-        ("alter table t delete where 1", "ALTER statements"),
-        ("system stop merges", "SYSTEM statements"),
-        ("kill query where 1", "KILL statements"),
-        ("select 1; drop table t", "one statement at a time"),
-        ("select 1; drop table t;", "one statement at a time"),
-        ("select ';'; drop table t", "one statement at a time"),
-        ("select 1 # ; drop table t", "one statement at a time"),  # '#' is checked as code
-        ("select $$ ; $$", "one statement at a time"),  # heredocs too
-        ("with 1 as x insert into t select x", "INSERT INTO is refused"),
-        ("select 1 into outfile '/tmp/x'", "INTO OUTFILE"),
-        ("select 1 format JSON", "FORMAT clause"),
-        ("select 'unterminated", "unterminated ' quote"),
-        ("select /* open", "unterminated /\\* comment"),
-        ("  -- nothing\n", "empty"),
-        (";", "empty"),
-    ],
-)
-def test_other_statements_are_refused(sql: str, message: str) -> None:
-    with pytest.raises(StreamscoreError, match=message):
-        check_read_only(sql)
-
-
-def test_settings_make_clickhouse_refuse_writes_and_bound_rows() -> None:
-    settings = read_only_settings(10, timeout_s=5)
-    assert settings["readonly"] == 2  # 1 would forbid the other settings here
-    assert settings["max_result_rows"] == 10 and settings["result_overflow_mode"] == "break"
-
+from streams.sql import QueryLimits, ReadOnlySQL, jsonable, render
+from streams.sql.route import execute
+from streams.web.query import handle_query_request, register_query_endpoint
+from tests.sql_cases import ALLOWED, HOSTILE, fill
 
 # ---- values and rendering ------------------------------------------------------------
 
@@ -199,14 +144,12 @@ def writer(chdb_settings: Settings) -> Iterator[ClickHouseGateway]:
 
 
 @pytest.fixture(scope="module")
-def reader(chdb_settings: Settings, writer: ClickHouseGateway) -> Iterator[ClickHouseGateway]:
-    gateway = open_readonly_gateway(chdb_settings)
-    yield gateway
-    gateway.close()
+def reader(chdb_settings: Settings, writer: ClickHouseGateway) -> ReadOnlySQL:
+    return ReadOnlySQL(chdb_settings)
 
 
-def _query(reader: ClickHouseGateway, sql: str, **parameters: Any) -> list[dict[str, Any]]:
-    output = run_readonly_query(reader, sql, parameters, "json", 100)
+def _query(reader: ReadOnlySQL, sql: str, **parameters: Any) -> list[dict[str, Any]]:
+    output = reader.query(sql, parameters, "json", 100)
     return [dict(zip(output.columns, row, strict=True)) for row in output.rows]
 
 
@@ -218,7 +161,7 @@ def test_every_migration_applies_once(writer: ClickHouseGateway) -> None:
 
 
 def test_decisions_per_hour_counts_acted_on_decisions_once(
-    reader: ClickHouseGateway, chdb_settings: Settings
+    reader: ReadOnlySQL, chdb_settings: Settings
 ) -> None:
     db = chdb_settings.clickhouse_database
     rows = _query(reader, f"select * from {db}.decisions_per_hour order by decision")
@@ -235,7 +178,7 @@ def test_decisions_per_hour_counts_acted_on_decisions_once(
     assert sum(r["events"] for r in every) == 3 and sum(r["decided_events"] for r in every) == 0
 
 
-def test_merchant_and_country_risk(reader: ClickHouseGateway, chdb_settings: Settings) -> None:
+def test_merchant_and_country_risk(reader: ReadOnlySQL, chdb_settings: Settings) -> None:
     db = chdb_settings.clickhouse_database
     merchants = _query(reader, f"select * from {db}.merchant_risk order by merchant_id")
     assert [(m["merchant_id"], m["merchant_country"], m["events"]) for m in merchants] == [
@@ -251,7 +194,7 @@ def test_merchant_and_country_risk(reader: ClickHouseGateway, chdb_settings: Set
     ]
 
 
-def test_champion_vs_challenger(reader: ClickHouseGateway, chdb_settings: Settings) -> None:
+def test_champion_vs_challenger(reader: ReadOnlySQL, chdb_settings: Settings) -> None:
     db = chdb_settings.clickhouse_database
     [row] = _query(reader, f"select * from {db}.champion_vs_challenger")
     assert (row["challenger_version"], row["challenger_role"], row["champion_version"]) == (
@@ -266,7 +209,7 @@ def test_champion_vs_challenger(reader: ClickHouseGateway, chdb_settings: Settin
     assert row["mean_abs_score_diff"] == pytest.approx((0.2 + 0.4 + 0.1) / 3)
 
 
-def test_decision_trace_names_features(reader: ClickHouseGateway, chdb_settings: Settings) -> None:
+def test_decision_trace_names_features(reader: ReadOnlySQL, chdb_settings: Settings) -> None:
     db = chdb_settings.clickhouse_database
     rows = _query(reader, f"select * from {db}.decision_trace(event_id = {{id:String}})", id="e1")
     assert [(r["model_version"], r["decided"]) for r in rows] == [("a-1", True), ("b-1", False)]
@@ -274,49 +217,46 @@ def test_decision_trace_names_features(reader: ClickHouseGateway, chdb_settings:
     assert rows[0]["card_path"] == "models/cards/a-1.md"
     # b-1 has no models row: its vector keeps positional names rather than failing.
     assert rows[1]["features"] == {"#1": 1.0, "#2": 2.0, "#3": 3.0}
-    client_bound = _query(
-        reader, f"select model_version from {db}.decision_trace(event_id = %(id)s)", id="e2"
-    )
-    assert [r["model_version"] for r in client_bound] == ["a-1", "b-1"]
+    with pytest.raises(QueryRefused, match="substitution is refused"):
+        _query(reader, f"select model_version from {db}.decision_trace(event_id = %(id)s)", id="e2")
 
 
-def test_clickhouse_refuses_writes_past_the_precheck(
-    reader: ClickHouseGateway, writer: ClickHouseGateway, chdb_settings: Settings
+def test_clickhouse_refuses_writes_past_the_check(
+    reader: ReadOnlySQL, writer: ClickHouseGateway, chdb_settings: Settings
 ) -> None:
-    """What the pre-check would stop, sent straight to the read-only session: ClickHouse
-    itself refuses every statement, and the sinks' session stays writable."""
+    """What the statement check stops, sent straight to a query's session: ClickHouse itself
+    refuses every write and every setting change, and the sinks' session stays writable."""
+    from streams.sql import run_unchecked
+
     db = chdb_settings.clickhouse_database
-    for sql in (
-        f"insert into {db}.models (model_version) values ('evil')",
-        f"alter table {db}.models delete where 1",
-        f"drop table {db}.models",
-    ):
-        with pytest.raises(SinkError, match="READONLY"):
-            reader.query(sql, settings=read_only_settings(10))
-    # chDB runs every statement of a multi-statement query, and a per-query SETTINGS
-    # clause covers only the last one: the session-wide readonly refuses the drop. (A
-    # session that saw this may answer its next query with stale rows, one more reason
-    # the pre-check refuses it: probe on a session of its own.)
-    probe = open_readonly_gateway(chdb_settings)
-    try:
-        with pytest.raises(SinkError):
-            probe.query(f"select 1; drop table {db}.models; select 2", settings={"readonly": 2})
-    finally:
-        probe.close()
+    with reader.session(10, readonly=1) as session:
+        for sql in (
+            f"insert into {db}.models (model_version) values ('evil')",
+            f"alter table {db}.models delete where 1",
+            f"drop table {db}.models",
+            "set max_execution_time = 0",
+            "select 1 settings max_result_rows = 0",
+        ):
+            with pytest.raises(QueryFailed, match="READONLY"):
+                run_unchecked(session, sql, {}, "json", 10)
+        [[limit]] = run_unchecked(
+            session, "select getSetting('max_result_rows')", {}, "json", 1
+        ).rows
+        assert int(limit) == 11
     tables = writer.query("select name from system.tables where database = {d:String}", {"d": db})
     assert "models" in {name for (name,) in tables.result_rows}
     writer.insert_columns("feature_runs", [["r1"]], ["run_id"])  # still writable
     assert writer.query(f"select count() from {db}.feature_runs").result_rows == [(1,)]
 
 
-def test_rows_are_bounded(reader: ClickHouseGateway) -> None:
-    output = run_readonly_query(reader, "select number from system.numbers", {}, "csv", 5)
+def test_rows_are_bounded(reader: ReadOnlySQL) -> None:
+    output = reader.query("select number from system.numbers", {}, "csv", 5)
     assert output.truncated and len(output.rows) == 5
     assert output.text == "number\n0\n1\n2\n3\n4\n"
     assert output.types == ("UInt64",)
 
 
-def test_handle_query_request(reader: ClickHouseGateway, chdb_settings: Settings) -> None:
+def test_handle_query_request(reader: ReadOnlySQL, chdb_settings: Settings) -> None:
     db = chdb_settings.clickhouse_database
     body = {
         "sql": f"select event_id, score from {db}.predictions final "
@@ -325,7 +265,7 @@ def test_handle_query_request(reader: ClickHouseGateway, chdb_settings: Settings
         "format": "table",
         "max_rows": 2,
     }
-    status, payload = handle_query_request(lambda: reader, orjson.dumps(body))
+    status, payload = handle_query_request(reader, orjson.dumps(body))
     assert status == 200
     assert payload["columns"] == ["event_id", "score"]
     assert payload["types"] == ["String", "Float32"]
@@ -343,14 +283,15 @@ def test_handle_query_request(reader: ClickHouseGateway, chdb_settings: Settings
         (orjson.dumps({"sql": "drop table x"}), "DROP statements"),
         (orjson.dumps({"sql": "select * from nope_nope"}), "UNKNOWN_TABLE"),
     ]:
-        status, payload = handle_query_request(lambda: reader, bad)
+        status, payload = handle_query_request(reader, bad)
         assert status == 400 and message in payload["error"], (bad, payload)
 
 
 def test_handle_query_request_without_clickhouse() -> None:
-    def unavailable() -> ClickHouseGateway:
+    def locked() -> Any:
         raise SinkError("cannot open ClickHouse at chdb:///x: locked")
 
+    unavailable = ReadOnlySQL(Settings(), connect=locked)
     status, payload = handle_query_request(unavailable, b'{"sql": "select 1"}')
     assert status == 503 and "locked" in payload["error"]
 
@@ -360,4 +301,115 @@ def test_endpoint_refuses_a_public_bind() -> None:
 
     app = faust.App("sql-test", broker="kafka://127.0.0.1:1", web_bind="0.0.0.0")
     with pytest.raises(ConfigError, match=r"127\.0\.0\.1"):
-        register_query_endpoint(app, lambda: None)  # type: ignore[arg-type, return-value]
+        register_query_endpoint(app, ReadOnlySQL(Settings()), "token")
+
+
+# ---- hostile statements through the CLI path (streams.sql.route.execute) -------------
+
+
+@pytest.mark.parametrize(("sql", "parameters", "message"), HOSTILE)
+def test_hostile_statements_are_refused_and_write_nothing(
+    sql: str,
+    parameters: dict[str, Any],
+    message: str,
+    reader: ReadOnlySQL,
+    chdb_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # INTO OUTFILE with a relative name would land here
+    victim = tmp_path / "victim.sh"
+    db = chdb_settings.clickhouse_database
+    text = fill(sql, db, str(victim))
+    with pytest.raises(StreamscoreError) as refused:
+        execute(chdb_settings, text, parameters, "json", 10)
+    assert message in str(refused.value), (text, str(refused.value))
+    assert list(tmp_path.iterdir()) == []
+    # The next query on the same path is unaffected (no shared session to poison).
+    assert reader.query("select 1 as one").rows == [[1]]
+
+
+@pytest.mark.parametrize(("sql", "parameters"), ALLOWED)
+def test_analyst_statements_keep_working(
+    sql: str, parameters: dict[str, Any], reader: ReadOnlySQL, chdb_settings: Settings
+) -> None:
+    db = chdb_settings.clickhouse_database
+    bound = {name: fill(str(value), db, "") for name, value in parameters.items()}
+    output = execute(chdb_settings, fill(sql, db, ""), bound, "json", 10)
+    assert output.columns and output.types
+
+
+def test_every_view_of_the_migrations_answers(reader: ReadOnlySQL, chdb_settings: Settings) -> None:
+    db = chdb_settings.clickhouse_database
+    views = _query(
+        reader,
+        "select name, engine, create_table_query from system.tables "
+        "where database = {db:String} and engine = 'View'",
+        db=db,
+    )
+    assert len(views) >= 5
+    for view in views:
+        if "{" in view["create_table_query"]:  # parameterised: decision_trace
+            continue
+        output = reader.query(f"select * from {db}.{view['name']} limit 5", {}, "json", 5)
+        assert output.columns, view["name"]
+
+
+def test_the_statement_that_runs_is_clickhouses_reformatting(reader: ReadOnlySQL) -> None:
+    from streams.sql import check_statement
+
+    with reader.session(10, readonly=2) as session:
+        statement = check_statement(session, "select /* ' */ $$a$$ as x -- c", {}, "d")
+    assert (statement.kind, statement.text) == ("select", "SELECT 'a' AS x")
+
+
+# Minutes of work for one core: only the time limit stops it.
+SLOW = "select sum(cityHash64(number)) from numbers(100000000000)"
+UNBOUNDED_READS = 10**13
+
+
+def test_limits_hold_whatever_the_query(chdb_settings: Settings) -> None:
+    rows = ReadOnlySQL(chdb_settings, QueryLimits(max_rows_to_read=10**6))
+    with pytest.raises(QueryFailed, match="max_rows_to_read"):
+        rows.query("select count() from numbers(100000000)")
+    memory = ReadOnlySQL(chdb_settings, QueryLimits(max_memory_bytes=20 * 1024**2))
+    with pytest.raises(QueryFailed, match="MEMORY_LIMIT_EXCEEDED"):
+        memory.query("select length(groupArray(number)) from numbers(5000000)")
+    slow = ReadOnlySQL(
+        chdb_settings, QueryLimits(max_execution_s=0.5, max_rows_to_read=UNBOUNDED_READS)
+    )
+    with pytest.raises(QueryFailed, match="TIMEOUT_EXCEEDED"):
+        slow.query(SLOW)
+    small = ReadOnlySQL(chdb_settings, QueryLimits(max_result_bytes=1024))
+    output = small.query("select number from numbers(10000000)", {}, "json", 100_000)
+    assert output.truncated and len(output.rows) < 100_000  # cut by bytes, not read whole
+
+
+def test_a_slow_query_holds_only_its_own_slot(chdb_settings: Settings) -> None:
+    limits = QueryLimits(
+        max_execution_s=3, max_rows_to_read=UNBOUNDED_READS, concurrency=2, wait_s=0.2
+    )
+    sql = ReadOnlySQL(chdb_settings, limits)
+    failures: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            sql.query(SLOW)
+        except QueryFailed as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=slow)
+    worker.start()
+    try:
+        assert sql.query("select 1 as one").rows == [[1]]
+        assert worker.is_alive()  # answered while the slow query still ran
+        # With both slots taken, a third query is told to come back, not queued for ever.
+        second = threading.Thread(target=slow)
+        second.start()
+        time.sleep(0.3)  # let it take the second slot
+        with pytest.raises(QueryBusy, match="try again"):
+            sql.query("select 1")
+        second.join()
+    finally:
+        worker.join()
+    assert len(failures) == 2 and all("TIMEOUT_EXCEEDED" in str(f) for f in failures)

@@ -19,9 +19,11 @@ import pytest
 from click.testing import CliRunner
 
 from streams.cli.db import db
-from streams.cli.sql import chdb_lock_holder, execute, parse_params, sql
-from streams.errors import StreamscoreError
+from streams.cli.sql import parse_params, sql
+from streams.errors import ConfigError, StreamscoreError
 from streams.settings import Settings
+from streams.sql.route import chdb_lock_holder, execute
+from streams.web.token import issue_token
 
 HOLD = """
 import sys, clickhouse_connect
@@ -51,8 +53,10 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]
 
 
 @pytest.fixture
-def held_settings(held: tuple[Path, int]) -> Settings:
-    return Settings(clickhouse_dsn=f"chdb://{held[0]}", web_port=16066)
+def held_settings(held: tuple[Path, int], tmp_path: Path) -> Settings:
+    """A held path and the home where that worker wrote its /sql token."""
+    issue_token(tmp_path)
+    return Settings(home=tmp_path, clickhouse_dsn=f"chdb://{held[0]}", web_port=16066)
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +105,13 @@ class FakeWorker:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, Mapping[str, Any]]] = []
+        self.tokens: list[str] = []
 
-    def __call__(self, url: str, request: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+    def __call__(
+        self, url: str, request: Mapping[str, Any], token: str, timeout: float
+    ) -> dict[str, Any]:
         self.requests.append((url, request))
+        self.tokens.append(token)
         return {
             "columns": ["event_id", "n"],
             "types": ["String", "UInt64"],
@@ -139,12 +147,30 @@ def test_locked_chdb_goes_through_the_worker(held_settings: Settings, held: Any)
         )
     ]
     assert output.rows == [["e1", 3]] and output.types == ("String", "UInt64")
+    assert worker.tokens == [(held_settings.home / "sql.token").read_text()]
     [note] = notes
     assert f"PID {held[1]}" in note and "through the worker at http://127.0.0.1:16066/sql" in note
 
 
+def test_a_worker_without_a_token_file_is_not_asked(held: tuple[Path, int], tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, clickhouse_dsn=f"chdb://{held[0]}", web_port=16066)
+    worker = FakeWorker()
+    with pytest.raises(ConfigError, match="no /sql token at .*sql.token"):
+        execute(settings, "select 1", {}, "table", 10, post=worker)
+    assert worker.requests == []
+
+
+def test_token_file_is_private(tmp_path: Path) -> None:
+    from streams.web.token import read_token
+
+    first = issue_token(tmp_path)
+    assert (tmp_path / "sql.token").stat().st_mode & 0o777 == 0o600
+    assert read_token(tmp_path) == first
+    assert issue_token(tmp_path) != first  # a new worker start, a new token
+
+
 def test_no_worker_either_says_what_to_do(held_settings: Settings, held: Any) -> None:
-    def refused(url: str, request: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+    def refused(url: str, request: Mapping[str, Any], token: str, timeout: float) -> dict[str, Any]:
         raise ConnectionRefusedError(111, "Connection refused")
 
     with pytest.raises(StreamscoreError) as caught:
@@ -166,7 +192,7 @@ def test_sql_command_falls_back_to_the_endpoint(
     held_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker = FakeWorker()
-    monkeypatch.setattr("streams.cli.sql.post_query", worker)
+    monkeypatch.setattr("streams.sql.route.post_query", worker)
     result = _invoke(sql, held_settings, "select 1", "--param", "id=e1", "--format", "json")
     assert result.exit_code == 0, result.output
     assert result.stdout == "event_id | n\n"
