@@ -22,10 +22,8 @@ from streams.nightly import NightlyRun, run_nightly
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.sinks.handoff import KafkaHandoff
-from streams.sql import ReadOnlySQL
 from streams.topics import apply_topics, declared_topics
-from streams.web.query import register_query_endpoint
-from streams.web.token import issue_token
+from streams.web.query import serve_readonly_sql
 
 log = logging.getLogger("streams.worker")
 
@@ -46,7 +44,7 @@ def build_app(settings: Settings) -> faust.App:
         # Analysts' read-only SQL, each query on a read-only session of its own (chDB: same
         # engine, the only way in while this worker holds the data path), for holders of
         # the token this worker writes to <home>/sql.token.
-        register_query_endpoint(app, ReadOnlySQL(settings), issue_token(settings.home))
+        serve_readonly_sql(app, settings)
     if "ingest" in settings.agent_names:
         register_ingest_agent(app, settings, registry, KafkaHandoff(settings), metrics)
     if "lake" in settings.agent_names:

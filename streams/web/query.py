@@ -30,12 +30,15 @@ from streams.sql import DEFAULT_MAX_ROWS, ReadOnlySQL
 if TYPE_CHECKING:
     import faust
 
+    from streams.settings import Settings
+
 __all__ = [
     "MAX_BODY_BYTES",
     "PATH",
     "allowed_hosts",
     "handle_query_request",
     "register_query_endpoint",
+    "serve_readonly_sql",
 ]
 
 log = logging.getLogger("streams.web.query")
@@ -170,3 +173,13 @@ def register_query_endpoint(app: faust.App, sql: ReadOnlySQL, token: str) -> Non
             )
 
     app.page(PATH, name="sql")(QueryView)
+
+
+def serve_readonly_sql(app: faust.App, settings: Settings) -> ReadOnlySQL:
+    """What the worker serves: ``POST /sql`` on ``settings``' ClickHouse, for holders of a
+    new token written to ``<STREAMSCORE_HOME>/sql.token``."""
+    from streams.web.token import issue_token
+
+    sql = ReadOnlySQL(settings)
+    register_query_endpoint(app, sql, issue_token(settings.home))
+    return sql

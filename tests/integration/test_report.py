@@ -23,9 +23,9 @@ import pytest
 from streams.clickhouse import apply_migrations, connect, load_migrations
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.report import collect, render_html
-from streams.report.source import gateway_rows
+from streams.report.source import readonly_rows
 from streams.settings import Settings
-from streams.web.query import open_readonly_gateway
+from streams.sql import ReadOnlySQL
 
 pytestmark = pytest.mark.integration
 
@@ -108,16 +108,14 @@ def filled(
     }  # fmt: skip
     (artifacts / f"{CHAMPION}.json").write_text(json.dumps(sidecar))
     # The report reads as the worker's /sql does: a read-only session of its own.
-    reader = open_readonly_gateway(settings)
-    yield writer, reader, settings
-    reader.close()
+    yield writer, ReadOnlySQL(settings), settings
     writer.close()
 
 
-def _render(reader: ClickHouseGateway, settings: Settings, out: Path) -> str:
+def _render(reader: ReadOnlySQL, settings: Settings, out: Path) -> str:
     end = datetime.now(UTC)
     data = collect(
-        gateway_rows(reader),
+        readonly_rows(reader),
         settings.clickhouse_database,
         settings.models_dir,
         end - timedelta(hours=24),

@@ -155,7 +155,7 @@ def test_locked_chdb_goes_through_the_worker(held_settings: Settings, held: Any)
 def test_a_worker_without_a_token_file_is_not_asked(held: tuple[Path, int], tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, clickhouse_dsn=f"chdb://{held[0]}", web_port=16066)
     worker = FakeWorker()
-    with pytest.raises(ConfigError, match="no /sql token at .*sql.token"):
+    with pytest.raises(ConfigError, match=r"no /sql token at .*sql\.token"):
         execute(settings, "select 1", {}, "table", 10, post=worker)
     assert worker.requests == []
 
