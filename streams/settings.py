@@ -261,6 +261,36 @@ class Settings(BaseSettings):
         ),
     )
 
+    clickhouse_analyst_user: str | None = Field(
+        default=None,
+        description=(
+            "STREAMSCORE_CLICKHOUSE_ANALYST_USER: on a server, the read-only user that analysts' "
+            "queries (streamscore sql, POST /sql, the report) run as; infra/clickhouse ships "
+            "one with a constrained profile. Default: the sinks' user."
+        ),
+    )
+    clickhouse_analyst_password: SecretStr | None = Field(
+        default=None, description="STREAMSCORE_CLICKHOUSE_ANALYST_PASSWORD."
+    )
+    sql_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="STREAMSCORE_SQL_TIMEOUT_S: an analyst's query stops after this long.",
+    )
+    sql_max_memory_bytes: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description="STREAMSCORE_SQL_MAX_MEMORY_BYTES: memory one analyst's query may use.",
+    )
+    sql_concurrency: int = Field(
+        default=4,
+        gt=0,
+        description=(
+            "STREAMSCORE_SQL_CONCURRENCY: analysts' queries at once; one more waits up to "
+            "10 s for a slot, then is told to try again (HTTP 429)."
+        ),
+    )
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:
@@ -326,6 +356,17 @@ class Settings(BaseSettings):
         return self
 
     def _check_clickhouse_credentials(self) -> None:
+        analyst = (self.clickhouse_analyst_user, self.clickhouse_analyst_password)
+        if analyst != (None, None) and not self.clickhouse_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                "STREAMSCORE_CLICKHOUSE_ANALYST_USER/PASSWORD are for a ClickHouse server "
+                "(chDB has no users; its analysts' sessions are read-only by themselves)"
+            )
+        if self.clickhouse_analyst_password is not None and self.clickhouse_analyst_user is None:
+            raise ConfigError(
+                "STREAMSCORE_CLICKHOUSE_ANALYST_PASSWORD set without "
+                "STREAMSCORE_CLICKHOUSE_ANALYST_USER"
+            )
         separate = self.clickhouse_user is not None or self.clickhouse_password is not None
         if not separate:
             return

@@ -52,7 +52,10 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
         path = url.removeprefix("chdb://")
         if not path:
             raise ConfigError(f"ClickHouse DSN {shown!r} names no chDB data path (chdb:///path)")
-        Path(path).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"cannot create the chDB data path {path}: {exc}") from exc
     elif url.startswith(("http://", "https://")):
         username = settings.clickhouse_user
         if settings.clickhouse_password is not None:

@@ -177,7 +177,7 @@ def _direct(
     from streams.sql.session import ReadOnlySQL, run_unchecked
 
     if not write:
-        return ReadOnlySQL(settings).query(sql, parameters, fmt, max_rows)
+        return ReadOnlySQL.for_settings(settings).query(sql, parameters, fmt, max_rows)
     client = connect(settings, create_database=False)
     try:
         return run_unchecked(client, sql, parameters, fmt, max_rows)

@@ -56,6 +56,15 @@ class QueryLimits:
     concurrency: int = 4  # queries at once; the next waits for a free slot
     wait_s: float = 10.0  # … this long, then QueryBusy
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QueryLimits:
+        """The limits ``STREAMSCORE_SQL_*`` set; the rest at their defaults."""
+        return cls(
+            max_execution_s=settings.sql_timeout_s,
+            max_memory_bytes=settings.sql_max_memory_bytes,
+            concurrency=settings.sql_concurrency,
+        )
+
     def session_settings(self, max_rows: int) -> dict[str, Any]:
         """The ClickHouse settings of a session that answers at most ``max_rows`` rows."""
         return {
@@ -77,8 +86,9 @@ class QueryLimits:
 class ReadOnlySQL:
     """Run analysts' SQL read-only against ``settings``' ClickHouse; no I/O until a query.
 
-    ``connect`` opens a new client (default: :func:`streams.clickhouse.client.connect`);
-    tests hand in their own.
+    ``limits`` default to :meth:`QueryLimits.from_settings`. On a server the queries run as
+    ``STREAMSCORE_CLICKHOUSE_ANALYST_USER`` when it is set. ``connect`` opens a new client
+    (default: :func:`streams.clickhouse.client.connect`); tests hand in their own.
     """
 
     settings: Settings
@@ -88,6 +98,11 @@ class ReadOnlySQL:
 
     def __post_init__(self) -> None:
         self._slots = threading.BoundedSemaphore(self.limits.concurrency)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ReadOnlySQL:
+        """Limits from ``STREAMSCORE_SQL_*``: what the CLI, the worker and the report use."""
+        return cls(settings, QueryLimits.from_settings(settings))
 
     @property
     def database(self) -> str:
@@ -133,7 +148,11 @@ class ReadOnlySQL:
         ``max_rows`` rows, then ``readonly`` (on chDB it locks them); closed on exit."""
         from streams.clickhouse.client import connect, quote_identifier
 
-        client = self.connect() if self.connect else connect(self.settings, create_database=False)
+        client = (
+            self.connect()
+            if self.connect
+            else connect(_analyst(self.settings), create_database=False)
+        )
         try:
             # Unqualified names resolve in the project's database; before it exists they
             # resolve elsewhere, and the table check refuses them there.
@@ -150,6 +169,18 @@ class ReadOnlySQL:
             yield client
         finally:
             client.close()
+
+
+def _analyst(settings: Settings) -> Settings:
+    """``settings`` with the analyst's credentials in place of the sinks' (servers only)."""
+    if settings.clickhouse_analyst_user is None:
+        return settings
+    return settings.model_copy(
+        update={
+            "clickhouse_user": settings.clickhouse_analyst_user,
+            "clickhouse_password": settings.clickhouse_analyst_password,
+        }
+    )
 
 
 def _check_request(fmt: str, max_rows: int) -> None:

@@ -180,6 +180,6 @@ def serve_readonly_sql(app: faust.App, settings: Settings) -> ReadOnlySQL:
     new token written to ``<STREAMSCORE_HOME>/sql.token``."""
     from streams.web.token import issue_token
 
-    sql = ReadOnlySQL(settings)
+    sql = ReadOnlySQL.for_settings(settings)
     register_query_endpoint(app, sql, issue_token(settings.home))
     return sql

@@ -474,6 +474,38 @@ def test_connect_sends_the_separate_user_and_password(tmp_path: Path, fake_click
     assert PLANTED not in "".join(traceback.format_exception(raised.value))
 
 
+def test_analysts_queries_run_as_the_analyst_user(tmp_path: Path, fake_clickhouse: str) -> None:
+    """On a server, ReadOnlySQL connects as STREAMSCORE_CLICKHOUSE_ANALYST_USER, not as the
+    sinks' user, and its refusal quotes neither password."""
+    import base64
+
+    from streams.sql import ReadOnlySQL
+
+    settings = Settings(
+        home=tmp_path,
+        clickhouse_dsn=fake_clickhouse,
+        clickhouse_user="sinks",
+        clickhouse_password="sinks-password",
+        clickhouse_analyst_user="analyst",
+        clickhouse_analyst_password=PLANTED,
+    )
+    with pytest.raises(SinkError, match="AUTHENTICATION_FAILED") as raised:
+        ReadOnlySQL.for_settings(settings).query("select 1")
+    sent = base64.b64encode(f"analyst:{PLANTED}".encode()).decode()
+    assert _FakeClickHouse.seen and _FakeClickHouse.seen[0] == f"Basic {sent}"
+    shown = "".join(traceback.format_exception(raised.value))
+    assert PLANTED not in shown and "sinks-password" not in shown
+
+
+def test_analyst_credentials_need_a_server(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ANALYST_USER/PASSWORD are for a ClickHouse server"):
+        Settings(home=tmp_path, clickhouse_analyst_user="analyst")
+    with pytest.raises(ConfigError, match="without STREAMSCORE_CLICKHOUSE_ANALYST_USER"):
+        Settings(
+            home=tmp_path, clickhouse_dsn="http://ch:8123/", clickhouse_analyst_password=PLANTED
+        )
+
+
 class _FailingClient:
     """A clickhouse-connect client whose every call fails quoting its DSN."""
 
