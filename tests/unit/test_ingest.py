@@ -91,6 +91,9 @@ def test_every_violation_is_listed(registry: SchemaRegistry) -> None:
         (b'{"event_type": 5}', "unknown_event_type"),
         (b"[" * 100_000 + b"]" * 100_000, "too_deeply_nested"),
         (b'{"a":' * 40 + b"1" + b"}" * 40, "too_deeply_nested"),
+        # A string that never closes: the brackets in it do not count, those before do.
+        (b'{"a": "' + b"[" * 40, "not_json"),
+        (b"[" * 33 + b'"' + b'\\"' * 1000, "too_deeply_nested"),
         (b'{"a": "' + b"x" * (300 * 1024) + b'"}', "payload_too_large"),
     ],
 )
@@ -110,6 +113,8 @@ def test_depth_ignores_brackets_inside_strings() -> None:
     assert not too_deep(text, 2)
     assert nesting_depth(b'{"a": [{"b": [1]}]}') == 4
     assert nesting_depth(b'{"a": "\\"[[["}') == 1
+    assert nesting_depth(b'{"a": "\\\\", "b": [[1]]}') == 3  # an even run closes the string
+    assert nesting_depth(b"") == 0
 
 
 def test_batch_keeps_order_and_splits(registry: SchemaRegistry) -> None:
