@@ -38,6 +38,7 @@ from streams.kafka import make_consumer
 from streams.monitoring.logs import batch_scope
 from streams.monitoring.metrics import WorkerMetrics
 from streams.settings import Settings
+from streams.text import bounded
 
 log = logging.getLogger("streams.agents.batching")
 
@@ -45,6 +46,9 @@ log = logging.getLogger("streams.agents.batching")
 EXIT_KAFKA_FATAL = 75
 # Exit code when a handler raises something that is not a StreamscoreError (a bug).
 EXIT_UNEXPECTED = 79
+
+# An error's message may quote the input that caused it; the line is cut (with a marker).
+MAX_ERROR_CHARS = 4000
 
 Handler = Callable[[Sequence[Message]], Awaitable[None]]
 AssignHandler = Callable[[Sequence[tuple[str, int]]], Awaitable[None]]
@@ -191,7 +195,7 @@ class BatchAgent(mode.Service):
         except StreamscoreError as exc:
             log.critical(
                 "%s: %s failed, exiting with %d before offsets move: %s",
-                self.agent_name, what, self.exit_code, exc,
+                self.agent_name, what, self.exit_code, bounded(str(exc), MAX_ERROR_CHARS),
             )  # fmt: skip
             logging.shutdown()
             os._exit(self.exit_code)

@@ -34,6 +34,7 @@ from streams.headers import (
 from streams.monitoring.metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.sinks.clickhouse import DeadLetterSink, dedup_token
+from streams.text import bounded
 from streams.topics import dlq_topic
 
 log = logging.getLogger("streams.agents.dlq")
@@ -75,18 +76,40 @@ def _int(value: str, default: int) -> int:
         return default
 
 
+# Only these headers become columns; the record's other headers (any size) are not read.
+_READ = frozenset(
+    (DLQ_ERROR_CLASS, DLQ_ERROR_MESSAGE, DLQ_ERROR_PATHS, DLQ_SCHEMA_ID, DLQ_SOURCE_OFFSET,
+     DLQ_SOURCE_PARTITION, DLQ_SOURCE_TIMESTAMP, DLQ_SOURCE_TOPIC, DLQ_STAGE, DLQ_TIME,
+     DLQ_WORKER_ID, EVENT_TYPE)
+)  # fmt: skip
+# Our hand-off writes at most about 2 KB per header; a DLQ record from anywhere else is
+# cut here (with bounded()'s marker) so that one row cannot carry megabytes of text.
+_MAX_MESSAGE_CHARS = 4096
+_MAX_FIELD_CHARS = 256
+_LONG = {DLQ_ERROR_MESSAGE: _MAX_MESSAGE_CHARS, DLQ_ERROR_PATHS: _MAX_MESSAGE_CHARS}
+
+
+def _paths(text: str) -> list[str]:
+    """The ``dlq.error.paths`` header (a JSON list of paths, already cut to
+    _MAX_MESSAGE_CHARS); anything else is kept as one path."""
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return [bounded(text, _MAX_FIELD_CHARS)]
+    items = parsed if isinstance(parsed, list) else [parsed]
+    return [bounded(p if isinstance(p, str) else str(p), _MAX_FIELD_CHARS) for p in items]
+
+
 def to_stored(message: Message) -> StoredDeadLetter:
     """Read a dead letter's headers; a record without them keeps its DLQ coordinates."""
     pairs: list[tuple[str, object]] = list(message.headers() or ())  # type: ignore[arg-type]
     headers = {
-        k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "") for k, v in pairs
+        k: bounded(v, _LONG.get(k, _MAX_FIELD_CHARS)) if isinstance(v, bytes) else str(v or "")
+        for k, v in pairs
+        if k in _READ
     }
     partition, offset = int(message.partition() or 0), int(message.offset() or 0)
-    paths_text = headers.get(DLQ_ERROR_PATHS, "[]")
-    try:
-        paths = [str(p) for p in orjson.loads(paths_text)]
-    except orjson.JSONDecodeError:
-        paths = [paths_text]
+    paths = _paths(headers.get(DLQ_ERROR_PATHS, "[]"))
     return StoredDeadLetter(
         topic=headers.get(DLQ_SOURCE_TOPIC) or str(message.topic()),
         partition=_int(headers.get(DLQ_SOURCE_PARTITION, ""), partition),

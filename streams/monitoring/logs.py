@@ -19,7 +19,15 @@ from typing import IO, Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "batch_scope", "configure_json_logging", "logging_config"]
+from streams.text import bounded
+
+__all__ = [
+    "MAX_FIELD_CHARS",
+    "JsonFormatter",
+    "batch_scope",
+    "configure_json_logging",
+    "logging_config",
+]
 
 # The batch being handled: set by the batch loop, read by the formatter. asyncio.to_thread
 # copies the context, so lines logged from the handler's threads carry it too.
@@ -36,6 +44,10 @@ def batch_scope(batch_id: str) -> Iterator[None]:
         _BATCH_ID.reset(token)
 
 
+# The backstop for a line's message and each text field: the code that quotes input
+# cuts it far shorter; this keeps any line it missed from echoing a megabyte.
+MAX_FIELD_CHARS = 16_384
+
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -47,30 +59,34 @@ _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON line: time (UTC, ISO 8601, ms), level, logger, message,
     worker_id, the ``extra=`` fields (``event_id``, ``batch_id``, ...) and, when there is
-    one, the exception's traceback as ``exception``."""
+    one, the exception's traceback as ``exception``. Text longer than ``max_field_chars``
+    (four times that for a traceback) is cut with a marker that gives its length."""
 
-    def __init__(self, worker_id: str = "") -> None:
+    def __init__(self, worker_id: str = "", max_field_chars: int = MAX_FIELD_CHARS) -> None:
         super().__init__()
         self.worker_id = worker_id
+        self.max_field_chars = max_field_chars
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, tz=UTC)
+        limit = self.max_field_chars
         entry: dict[str, Any] = {
             "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": bounded(record.getMessage(), limit),
             "worker_id": self.worker_id,
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_") and key not in entry:
-                entry[key] = value
+                entry[key] = bounded(value, limit) if isinstance(value, str) else value
         if "batch_id" not in entry and (batch_id := _BATCH_ID.get()) is not None:
             entry["batch_id"] = batch_id
+        # A traceback ends with the exception's message, which may quote input too.
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = bounded(self.formatException(record.exc_info), 4 * limit)
         if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
+            entry["stack"] = bounded(self.formatStack(record.stack_info), 4 * limit)
         # default=str: an extra value orjson cannot write (a Path, a Decimal) is logged as
         # text rather than losing the line.
         return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()

@@ -21,8 +21,15 @@ import orjson
 from streams.errors import EventRejected, IncompatibleSchemaError, SchemaError
 from streams.headers import EVENT_TYPE, SCHEMA_ID, SCHEMA_VERSION
 from streams.schemas.validation import FastValidator, ReferenceValidator, describe
+from streams.text import bounded
 
 _FILE_NAME = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)\.v(?P<version>[1-9][0-9]*)\.json$")
+# Header values are read before anything else is known about them: longer than these
+# they cannot be one of ours, and are refused without being decoded or parsed.
+_MAX_ID_BYTES = 1024
+_MAX_VERSION_DIGITS = 9
+# How much of a header or payload value a rejection message quotes.
+QUOTE_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,28 +227,31 @@ class SchemaRegistry:
         field_version = event.get("schema_version")
         raw_id = header.get(SCHEMA_ID)
         if raw_id:
-            schema_id = raw_id.decode("utf-8", "replace")
+            schema_id = _header_text(raw_id)
             schema = self._by_id.get(schema_id)
             if schema is None:
-                raise EventRejected("unknown_schema", f"unknown schema-id header {schema_id!r}")
+                raise EventRejected("unknown_schema", f"unknown schema-id header {_quoted(raw_id)}")
             if field_type is not None and field_type != schema.event_type:
                 raise EventRejected(
                     "schema_mismatch",
-                    f"schema-id header says {schema.event_type}, payload says {field_type!r}",
+                    f"schema-id header says {schema.event_type}, "
+                    f"payload says {_quoted(field_type)}",
                     schema_id=schema_id,
                 )
             if isinstance(field_version, int) and field_version != schema.version:
                 raise EventRejected(
                     "schema_mismatch",
-                    f"schema-id header says v{schema.version}, payload says v{field_version}",
+                    f"schema-id header says v{schema.version}, "
+                    f"payload says v{_quoted(field_version)}",
                     schema_id=schema_id,
                 )
             return schema
         raw_type = header.get(EVENT_TYPE)
-        event_type = raw_type.decode("utf-8", "replace") if raw_type else field_type
+        event_type = _header_text(raw_type) if raw_type else field_type
         if raw_type and field_type is not None and event_type != field_type:
             raise EventRejected(
-                "schema_mismatch", f"event-type header {event_type!r}, payload {field_type!r}"
+                "schema_mismatch",
+                f"event-type header {_quoted(raw_type)}, payload {_quoted(field_type)}",
             )
         if not isinstance(event_type, str):
             raise EventRejected(
@@ -251,17 +261,20 @@ class SchemaRegistry:
         if versions is None:
             raise EventRejected(
                 "unknown_event_type",
-                f"unknown event type {event_type[:64]!r}; known: {', '.join(self.event_types)}",
+                f"unknown event type {_quoted(event_type)}; known: {', '.join(self.event_types)}",
             )
         raw_version = header.get(SCHEMA_VERSION)
         version: object = field_version
         if raw_version:
-            try:
-                version = int(raw_version)
-            except ValueError:
+            # Plain ASCII digits only: int() would also take whitespace, signs and "_",
+            # and a megabyte of digits is no version either.
+            if len(raw_version) > _MAX_VERSION_DIGITS or not raw_version.isdigit():
                 raise EventRejected(
-                    "schema_mismatch", f"schema-version header {raw_version[:16]!r} is no integer"
-                ) from None
+                    "schema_mismatch",
+                    f"schema-version header {_quoted(raw_version)} is no integer "
+                    f"(at most {_MAX_VERSION_DIGITS} digits)",
+                )
+            version = int(raw_version)
         if isinstance(version, float) and version.is_integer():
             version = int(version)
         if isinstance(version, int) and not isinstance(version, bool):
@@ -275,3 +288,20 @@ class SchemaRegistry:
                 )
         # Missing or malformed version: validate against the latest, which reports the field.
         return versions[max(versions)]
+
+
+def _header_text(raw: bytes) -> str:
+    """A schema-id or event-type header as text. One longer than any id or type is
+    none of ours: it is not decoded whole, and its cut form (marker included) matches
+    nothing, so it is rejected like any unknown value."""
+    if len(raw) <= _MAX_ID_BYTES:
+        return raw.decode("utf-8", "replace")
+    return bounded(raw, QUOTE_CHARS)
+
+
+def _quoted(value: object) -> str:
+    """A header or payload value for a rejection message: quoted, cut at QUOTE_CHARS."""
+    if isinstance(value, str | bytes):
+        return bounded(value, QUOTE_CHARS, quote=True)
+    # A number, or a list or object sent where a string belongs: render, then cut.
+    return bounded(repr(value), QUOTE_CHARS)

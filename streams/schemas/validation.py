@@ -16,6 +16,13 @@ import jsonschema
 import jsonschema_rs
 
 from streams.errors import Violation
+from streams.text import bounded
+
+# Validators quote the offending value in their messages ("'AAA…' is longer than 200
+# characters"), and paths name the event's own keys: both are cut, so a 200 KB string
+# in an event makes a short violation. The same cut in both validators keeps them equal.
+MAX_PATH_CHARS = 256
+MAX_VIOLATION_CHARS = 300
 
 
 def json_path(parts: Iterable[str | int]) -> str:
@@ -31,6 +38,10 @@ def json_path(parts: Iterable[str | int]) -> str:
     return "".join(out)
 
 
+def _violation(path: str, message: str) -> Violation:
+    return Violation(bounded(path, MAX_PATH_CHARS), bounded(message, MAX_VIOLATION_CHARS))
+
+
 class FastValidator:
     """jsonschema-rs over one schema document: ``is_valid`` first, every error only on failure."""
 
@@ -44,7 +55,7 @@ class FastValidator:
 
     def violations(self, instance: Any) -> tuple[Violation, ...]:
         found = [
-            Violation(json_path(error.instance_path), str(error.message))
+            _violation(json_path(error.instance_path), str(error.message))
             for error in self._validator.iter_errors(instance)
         ]
         return tuple(sorted(found, key=lambda v: (v.path, v.message)))
@@ -64,14 +75,16 @@ class ReferenceValidator:
 
     def violations(self, instance: Any) -> tuple[Violation, ...]:
         found = [
-            Violation(json_path(error.absolute_path), error.message)
+            _violation(json_path(error.absolute_path), error.message)
             for error in self._validator.iter_errors(instance)
         ]
         return tuple(sorted(found, key=lambda v: (v.path, v.message)))
 
 
 def describe(violations: Sequence[Violation], limit: int = 10) -> str:
-    """One line for logs and DLQ headers: the first ``limit`` violations."""
-    shown = "; ".join(str(v) for v in violations[:limit])
+    """One line for logs and DLQ headers: the first ``limit`` violations, each cut to
+    MAX_PATH_CHARS + MAX_VIOLATION_CHARS (violations made elsewhere may be longer)."""
+    each = MAX_PATH_CHARS + MAX_VIOLATION_CHARS
+    shown = "; ".join(bounded(str(v), each) for v in violations[:limit])
     more = len(violations) - limit
     return f"{shown}; and {more} more" if more > 0 else shown

@@ -21,7 +21,7 @@ import orjson
 from confluent_kafka import KafkaError as _ConfluentError
 from confluent_kafka import Message, Producer
 
-from streams.errors import DeliveryError
+from streams.errors import DeliveryError, Violation
 from streams.headers import (
     DLQ_ERROR_CLASS,
     DLQ_ERROR_MESSAGE,
@@ -46,13 +46,18 @@ from streams.headers import (
 )
 from streams.ingest import Accepted, DeadLetter
 from streams.kafka import make_producer
+from streams.schemas.validation import MAX_PATH_CHARS
 from streams.settings import Settings
+from streams.text import bounded
 from streams.topics import dlq_topic, valid_topic
 
 Header = tuple[str, bytes]
 _KEEP_ON_HANDOFF = frozenset((SCHEMA_ID, EVENT_TYPE, SCHEMA_VERSION))
-# A DLQ header must stay far below the broker's limits; the full text is in the log.
+# A DLQ header or a log line quotes input (a header value, an event's string) only cut
+# with bounded(), which says how long the original was: a 1 MB header costs 2 KB.
 MAX_MESSAGE_CHARS = 2000
+MAX_PATHS_BYTES = 2000
+MAX_EVENT_ID_CHARS = 128
 
 log = logging.getLogger("streams.sinks.handoff")
 
@@ -89,13 +94,31 @@ def dead_letter_headers(dead: DeadLetter, stage: str, worker_id: str, now_ms: in
         (DLQ_SOURCE_TIMESTAMP, str(record.timestamp_ms).encode()),
         (DLQ_STAGE, stage.encode()),
         (DLQ_ERROR_CLASS, dead.reason.encode()),
-        (DLQ_ERROR_MESSAGE, dead.message[:MAX_MESSAGE_CHARS].encode()),
-        (DLQ_ERROR_PATHS, orjson.dumps(sorted({v.path for v in dead.violations}))),
+        (DLQ_ERROR_MESSAGE, bounded(dead.message, MAX_MESSAGE_CHARS).encode()),
+        (DLQ_ERROR_PATHS, paths_header(dead.violations)),
         (DLQ_SCHEMA_ID, (dead.schema_id or "").encode()),
         (DLQ_WORKER_ID, worker_id.encode()),
         (DLQ_TIME, str(now_ms).encode()),
     ]
     return headers
+
+
+def paths_header(violations: Sequence[Violation]) -> bytes:
+    """The violations' distinct paths as a JSON list of at most MAX_PATHS_BYTES; when
+    they do not all fit, the last item says how many there were in all."""
+    paths = sorted({bounded(v.path, MAX_PATH_CHARS) for v in violations})
+    whole = orjson.dumps(paths)
+    if len(whole) <= MAX_PATHS_BYTES:
+        return whole
+    marker = f"…[truncated, {len(paths)} paths]"
+    room = MAX_PATHS_BYTES - len(orjson.dumps([marker]))
+    kept: list[str] = []
+    for path in paths:
+        room -= len(orjson.dumps(path)) + 1  # the path and its comma
+        if room < 0:
+            break
+        kept.append(path)
+    return orjson.dumps([*kept, marker])
 
 
 class KafkaHandoff:
@@ -180,8 +203,15 @@ class KafkaHandoff:
     ) -> None:
         """Produce and wait for acks without blocking the event loop; then log each dead
         letter (where it came from, why, at which stage) once it is safely on the DLQ."""
+        # All of it in a thread: produce() waits while librdkafka's queue is full, and
+        # each dead-letter line may parse its payload for the event id.
+        await asyncio.to_thread(self._deliver, accepted, dead, stage)
+
+    def _deliver(
+        self, accepted: Sequence[Accepted], dead: Sequence[DeadLetter], stage: str
+    ) -> None:
         self.produce(accepted, dead, stage)
-        await asyncio.to_thread(self.flush)
+        self.flush()
         for letter in dead:
             log_dead_letter(letter, stage)
 
@@ -195,7 +225,8 @@ def log_dead_letter(letter: DeadLetter, stage: str) -> None:
     }  # fmt: skip
     log.info(
         "dead letter %s[%d]@%d (%s at %s): %s",
-        r.topic, r.partition, r.offset, letter.reason, stage, letter.message,
+        r.topic, r.partition, r.offset, letter.reason, stage,
+        bounded(letter.message, MAX_MESSAGE_CHARS),
         extra=extra,
     )  # fmt: skip
 
@@ -209,4 +240,4 @@ def _event_id(value: bytes | None) -> str | None:
     except orjson.JSONDecodeError:
         return None
     event_id = parsed.get("event_id") if isinstance(parsed, dict) else None
-    return event_id if isinstance(event_id, str) else None
+    return bounded(event_id, MAX_EVENT_ID_CHARS) if isinstance(event_id, str) else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import orjson
@@ -12,7 +14,14 @@ from streams.headers import SCHEMA_ID
 from streams.ingest import Accepted, DeadLetter, Limits, RawRecord, ingest_record
 from streams.schemas import SchemaRegistry
 from streams.schemas.registry import load_examples
-from streams.sinks.handoff import dead_letter_headers, handoff_headers, log_dead_letter
+from streams.settings import Settings
+from streams.sinks.handoff import (
+    KafkaHandoff,
+    dead_letter_headers,
+    handoff_headers,
+    log_dead_letter,
+)
+from streams.topics import dlq_topic, valid_topic
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 LIMITS = Limits(256 * 1024, 32)
@@ -73,3 +82,47 @@ def test_each_dead_letter_is_logged_with_where_it_came_from(
     assert (first.source_partition, first.source_offset, first.stage) == (2, 77, "ingest")
     assert first.event_id == orjson.loads(raw)["event_id"]
     assert (second.reason, second.stage, second.event_id) == ("not_json", "score", None)
+
+
+class FakeProducer:
+    """Records what the hand-off produces and in which thread; acknowledges everything."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, list[tuple[str, bytes]]]] = []
+        self.threads: set[int] = set()
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):  # type: ignore[no-untyped-def]
+        self.threads.add(threading.get_ident())
+        self.sent.append((topic, value, headers))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self.threads.add(threading.get_ident())
+        return 0
+
+
+def test_deliver_produces_flushes_and_logs_off_the_event_loop(
+    registry: SchemaRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    valid = load_examples(EXAMPLES, "transaction", "valid")["pos_contactless"]
+    good = ingest_record(RawRecord("t.raw", 0, 1, 0, b"k", valid), registry, LIMITS)
+    bad = ingest_record(RawRecord("t.raw", 0, 2, 0, b"k", b"[" * 40), registry, LIMITS)
+    assert isinstance(good, Accepted) and isinstance(bad, DeadLetter)
+    producer = FakeProducer()
+    settings = Settings()
+    handoff = KafkaHandoff(settings, producer=producer)  # type: ignore[arg-type]
+
+    async def main() -> int:
+        await handoff.deliver([good], [bad])
+        return threading.get_ident()
+
+    with caplog.at_level(logging.INFO, logger="streams.sinks.handoff"):
+        loop_thread = asyncio.run(main())
+    topics = [topic for topic, _, _ in producer.sent]
+    assert topics == [valid_topic(settings, "transaction"), dlq_topic(settings)]
+    assert producer.sent[1][1] is bad.record.value
+    assert producer.threads and loop_thread not in producer.threads
+    (line,) = caplog.records
+    assert line.reason == "too_deeply_nested"

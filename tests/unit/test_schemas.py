@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from streams.errors import EventRejected, IncompatibleSchemaError, SchemaError
-from streams.headers import EVENT_TYPE, SCHEMA_ID
+from streams.headers import EVENT_TYPE, SCHEMA_ID, SCHEMA_VERSION
 from streams.schemas import SchemaRegistry, structural_breaks
 from streams.schemas.registry import load_examples
 
@@ -122,3 +122,30 @@ def test_resolve_by_fields_header_and_conflicts(registry: SchemaRegistry) -> Non
     with pytest.raises(EventRejected) as no_type:
         registry.resolve({"amount": 1})
     assert no_type.value.reason == "unknown_event_type"
+
+
+def test_schema_version_header_is_plain_digits(registry: SchemaRegistry) -> None:
+    event = {"event_type": "transaction"}
+    assert registry.resolve(event, [(SCHEMA_VERSION, b"2")]).version == 2
+    # int() would read these as 2; a header that is not plain digits is refused instead.
+    for raw in (b" 2", b"2 ", b"+2", b"0_2", b"\xd9\xa2", b"2" * 10):
+        with pytest.raises(EventRejected) as caught:
+            registry.resolve(event, [(SCHEMA_VERSION, raw)])
+        assert caught.value.reason == "schema_mismatch"
+
+
+def test_rejections_quote_header_and_payload_values_cut(registry: SchemaRegistry) -> None:
+    huge = b"x" * 100_000
+    cases = [
+        ({}, [(SCHEMA_ID, huge)], "unknown_schema"),
+        ({"event_type": "transaction"}, [(EVENT_TYPE, huge)], "schema_mismatch"),
+        ({"event_type": "y" * 100_000}, [(EVENT_TYPE, b"transaction")], "schema_mismatch"),
+        ({"event_type": "z" * 100_000}, [], "unknown_event_type"),
+        ({"event_type": "transaction"}, [(SCHEMA_VERSION, huge)], "schema_mismatch"),
+    ]
+    for event, headers, reason in cases:
+        with pytest.raises(EventRejected) as caught:
+            registry.resolve(event, headers)
+        assert caught.value.reason == reason
+        assert len(caught.value.message) < 400, caught.value.message
+        assert "…[truncated, 100000 " in caught.value.message
