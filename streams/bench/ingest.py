@@ -1,8 +1,11 @@
 """``streamscore bench ingest``: the ingestion agent against a raw-consumer ceiling.
 
-One run, one pre-loaded topic set: (1) a raw confluent-kafka consume + orjson decode
-loop over every event (the ceiling: what any Python consumer here could reach), then
-(2) a real ``streamscore worker`` process (faust, concurrency 1) ingesting the same
+Without a broker: hot-path validation rates on one core, and the worst time the
+pre-parse guards (and the whole pure ingest step) spend on one hostile payload at the
+size limit (``streams.bench.adversarial``; the target is 5 ms, well inside a batch).
+Then one run on one pre-loaded topic set: (1) a raw confluent-kafka consume + orjson
+decode loop over every event (the ceiling: what any Python consumer here could reach),
+then (2) a real ``streamscore worker`` process (faust, concurrency 1) ingesting the same
 events, measured from its first hand-off record to its last by broker timestamps
 (sustained rate, start-up excluded) and from process start to the last record.
 """
@@ -10,20 +13,40 @@ events, measured from its first hand-off record to its last by broker timestamps
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
+import click
 import orjson
 import psutil
 
+from streams.bench.adversarial import adversarial_payloads
+from streams.ingest import Limits, RawRecord, guard, ingest_batch, ingest_record
 from streams.kafka import make_admin, make_consumer, make_producer
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.topics import apply_topics, declared_topics, dlq_topic, raw_topic, valid_topic
+
+__all__ = [
+    "GUARD_TARGET_MS",
+    "GuardReport",
+    "IngestBenchResult",
+    "guard_report",
+    "ingest",
+    "run",
+    "synthetic_events",
+    "validation_rates",
+]
+
+# What one hostile payload may cost the pre-parse guards: far below a batch's budget
+# and librdkafka's poll interval, so no payload can stall a worker.
+GUARD_TARGET_MS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +88,6 @@ def validation_rates(settings: Settings, count: int = 200_000) -> dict[str, floa
     """Hot-path validation on one core, in events/s: jsonschema-rs alone, orjson parse +
     jsonschema-rs, the full pure ingest step (guards, parse, resolve, validate), and the
     reference ``jsonschema`` on a sample."""
-    from streams.ingest import Limits, RawRecord, ingest_batch
     from streams.schemas.validation import ReferenceValidator
 
     registry = SchemaRegistry.load(settings.schemas_dir)
@@ -91,6 +113,48 @@ def validation_rates(settings: Settings, count: int = 200_000) -> dict[str, floa
             lambda: [reference.is_valid(e) for e in sample], len(sample)
         ),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class GuardReport:
+    """Per hostile payload, the median ms of ``repeat`` runs; the worst of each kind."""
+
+    payload_bytes: int
+    repeat: int
+    guard_ms: dict[str, float]
+    ingest_ms: dict[str, float]
+
+    @property
+    def guard_worst(self) -> tuple[str, float]:
+        return max(self.guard_ms.items(), key=lambda item: item[1])
+
+    @property
+    def ingest_worst(self) -> tuple[str, float]:
+        return max(self.ingest_ms.items(), key=lambda item: item[1])
+
+
+def guard_report(settings: Settings, repeat: int = 7) -> GuardReport:
+    """Time ``guard`` (size, depth: the checks on raw bytes) and the whole
+    ``ingest_record`` (guards, parse, schema headers, validation) on each payload of
+    ``adversarial_payloads`` at the configured limits; medians of ``repeat`` runs."""
+    registry = SchemaRegistry.load(settings.schemas_dir)
+    limits = Limits(settings.max_payload_bytes, settings.max_nesting_depth)
+    guard_ms: dict[str, float] = {}
+    ingest_ms: dict[str, float] = {}
+    clock = time.perf_counter
+    for payload in adversarial_payloads(limits):
+        record = RawRecord("bench", 0, 0, 0, None, payload.value, payload.headers)
+        guard_runs, ingest_runs = [], []
+        for _ in range(repeat):
+            began = clock()
+            guard(record, limits)
+            guarded = clock()
+            ingest_record(record, registry, limits)
+            ingest_runs.append((clock() - guarded) * 1000)
+            guard_runs.append((guarded - began) * 1000)
+        guard_ms[payload.name] = statistics.median(guard_runs)
+        ingest_ms[payload.name] = statistics.median(ingest_runs)
+    return GuardReport(limits.max_payload_bytes, repeat, guard_ms, ingest_ms)
 
 
 def preload(settings: Settings, events: list[tuple[bytes, bytes]]) -> None:
@@ -198,3 +262,81 @@ def run(settings: Settings, events: int = 300_000) -> IngestBenchResult:
         [t for t in admin.list_topics(timeout=10).topics if t.startswith(bench.topic_prefix)]
     )
     return IngestBenchResult(events, invalid, ceiling_eps, sustained, wall, rss)
+
+
+def _median_rates(settings: Settings, repeat: int) -> dict[str, float]:
+    runs = [validation_rates(settings) for _ in range(repeat)]
+    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+
+
+def _guard_lines(report: GuardReport) -> list[str]:
+    (guard_name, guard_ms), (ingest_name, ingest_ms) = report.guard_worst, report.ingest_worst
+    verdict = "ok" if guard_ms <= GUARD_TARGET_MS else "OVER TARGET"
+    return [
+        f"hostile payloads at {report.payload_bytes:,} bytes "
+        f"({len(report.guard_ms)}, median of {report.repeat} runs each):",
+        f"  worst pre-parse guards     {guard_ms:>9.2f} ms  {guard_name}"
+        f"  (target <= {GUARD_TARGET_MS:g} ms: {verdict})",
+        f"  worst whole ingest step    {ingest_ms:>9.2f} ms  {ingest_name}",
+    ]
+
+
+@click.command()
+@click.option("--events", default=300_000, show_default=True, help="Events to pre-load.")
+@click.option(
+    "--no-broker", is_flag=True, help="Only what needs no broker: validation rates and guards."
+)
+@click.option(
+    "--repeat", default=3, show_default=True, help="Runs of the no-broker parts (medians)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
+@click.pass_obj
+def ingest(settings: Settings, events: int, no_broker: bool, repeat: int, as_json: bool) -> None:
+    """Ingestion agent throughput vs a raw confluent-kafka consume+decode ceiling.
+
+    First, without a broker: hot-path validation rates and the worst time the
+    pre-parse guards spend on one hostile payload at the size limit. Then (unless
+    --no-broker) starts the local broker if this project manages it, uses fresh bench-*
+    topics and deletes them afterwards.
+    """
+    rates = _median_rates(settings, repeat)
+    guards = guard_report(settings, repeat=max(repeat, 5))
+    out: dict[str, Any] = {
+        "validation_eps": rates,
+        "guard_worst_ms": guards.guard_worst[1],
+        "guard_worst_payload": guards.guard_worst[0],
+        "guard_target_ms": GUARD_TARGET_MS,
+        "ingest_worst_ms": guards.ingest_worst[1],
+        "ingest_worst_payload": guards.ingest_worst[0],
+        "payload_bytes": guards.payload_bytes,
+        "guard_ms": guards.guard_ms,
+        "ingest_ms": guards.ingest_ms,
+    }
+    if not as_json:
+        click.echo(f"hot-path validation, one core, 20-field transactions (median of {repeat}):")
+        for name, rate in rates.items():
+            click.echo(f"  {name:26} {rate:>12,.0f} events/s")
+        for line in _guard_lines(guards):
+            click.echo(line)
+    if no_broker:
+        if as_json:
+            click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return
+
+    from streams.infra.kafka import LocalKafka
+
+    if settings.manages_local_kafka:
+        LocalKafka(settings).up()
+    if not as_json:
+        click.echo(f"pre-loading {events:,} events (2% invalid) ...")
+    result = run(settings, events)
+    if as_json:
+        out["agent"] = {**asdict(result), "ratio": result.ratio}
+        click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"events                       {result.events:>12,}  ({result.invalid:,} invalid)")
+    click.echo(f"ceiling: consume+decode      {result.ceiling_eps:>12,.0f} events/s")
+    click.echo(f"ingest agent, sustained      {result.agent_sustained_eps:>12,.0f} events/s")
+    click.echo(f"ingest agent, incl. start-up {result.agent_wall_eps:>12,.0f} events/s")
+    click.echo(f"ratio to ceiling             {result.ratio:>12.2f}")
+    click.echo(f"worker peak RSS              {result.worker_peak_rss_mb:>12,.0f} MB")
