@@ -26,11 +26,20 @@ lint: install ## ruff and mypy --strict
 	$(BIN)/ruff format --check streams tests models benchmarks
 	$(BIN)/mypy
 
+# Every test's captured output (JUnit XML), pytest's log file and the run's temporary files
+# (workers' logs) land under $(LOGS)/<suite>; tests.planted then fails the run if any of them
+# shows the password the tests plant in their settings and error paths.
+LOGS := .streamscore/test-logs
+PYTEST_LOGS = --junitxml=$(LOGS)/$(1)/junit.xml -o junit_logging=all \
+	--log-file=$(LOGS)/$(1)/pytest.log --log-file-level=DEBUG --basetemp=$(LOGS)/$(1)/tmp
+
 unit: install ## Unit tests (no network)
-	$(BIN)/pytest -m "not integration" tests
+	$(BIN)/pytest -m "not integration" tests $(call PYTEST_LOGS,unit)
+	$(PY) -m tests.planted $(LOGS)/unit
 
 integration: kafka-jars ## Integration tests against a real local broker, chDB, dbt and Feast
-	$(BIN)/pytest -m integration tests
+	$(BIN)/pytest -m integration tests $(call PYTEST_LOGS,integration)
+	$(PY) -m tests.planted $(LOGS)/integration
 
 test: lint unit integration ## Everything CI runs: lint, unit, integration
 

@@ -21,12 +21,14 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from streams.infra.kafka import LocalKafka
 from streams.kafka import make_admin, make_consumer, make_producer
 from streams.settings import Settings
 from streams.simulate.records import SimRecord, SimulationConfig, simulate_records
 from streams.topics import PREDICTIONS, raw_topic, topic_name
+from tests.planted import PLANTED
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +63,19 @@ def kafka_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def broker_settings(kafka_home: Path) -> Iterator[Settings]:
     """A real local broker for the whole session; stopped at the end."""
+    # Every worker of the session carries a planted secret in its settings; no log of
+    # the run may show it (tests/planted.py, run by `make integration`).
+    planted = SecretStr(PLANTED)
     if os.environ.get("STREAMSCORE_KAFKA_BOOTSTRAP"):
         # An external cluster was given (e.g. docker compose): use it, start nothing.
-        yield Settings(home=kafka_home)
+        yield Settings(home=kafka_home, redis_password=planted)
         return
     settings = Settings(
         home=kafka_home,
         kafka_port=free_port(),
         kafka_controller_port=free_port(),
         kafka_heap="512m",
+        redis_password=planted,
     )
     kafka = LocalKafka(settings)
     kafka.up(timeout=120)

@@ -36,8 +36,8 @@ from streams.kafka import (
 )
 from streams.redact import redact
 from streams.settings import Settings
+from tests.planted import PLANTED
 
-PLANTED = "hunter2-PLANTED"
 KEY_PASSWORD = "key-pass-PLANTED"
 CLOSED = "127.0.0.1:9"  # nothing listens on the discard port: clients fail fast, locally
 ROOT = Path(__file__).resolve().parents[2]
@@ -600,6 +600,8 @@ def test_redis_password_setting_and_plain_url(tmp_path: Path) -> None:
         f"redis://:{PLANTED}@r:6379/0?ssl_ca_certs=/ca.pem",  # TLS options without rediss
         f"redis://:{PLANTED}@r:6379/zero",
     ],
+    # Named ids: a test id would carry the planted password into the run's logs.
+    ids=["comma", "boolean", "not-redis", "tls-options-without-rediss", "non-numeric-db"],
 )
 def test_redis_urls_feast_cannot_carry_are_refused_without_quoting_the_password(
     tmp_path: Path, url: str

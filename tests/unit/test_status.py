@@ -24,8 +24,8 @@ from streams.cli.status import (
 )
 from streams.errors import KafkaError, SinkError
 from streams.settings import Settings
+from tests.planted import PLANTED
 
-PLANTED = "hunter2-PLANTED"
 DSN_WITH_PASSWORD = f"http://analyst:{PLANTED}@127.0.0.1:9/"  # a closed local port
 
 

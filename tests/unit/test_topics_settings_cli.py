@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from streams.cli.main import COMMANDS, cli
 from streams.settings import Settings
 from streams.topics import declared_topics, raw_topic, topic_name, valid_topic
+from tests.planted import PLANTED
 
 
 def test_declared_topics_cover_the_flow() -> None:
@@ -97,7 +98,7 @@ def test_cli_errors_never_print_a_password(
 
     from streams.cli.main import main
 
-    planted = "hunter2-PLANTED"
+    planted = PLANTED
     monkeypatch.setenv("STREAMSCORE_HOME", str(tmp_path))
     monkeypatch.setenv("STREAMSCORE_CLICKHOUSE_DSN", f"http://analyst:{planted}@127.0.0.1:9/")
     monkeypatch.setattr(sys, "argv", ["streamscore", "db", "migrate"])
