@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import QueryRefused
+from streams.text import bounded
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -98,7 +99,8 @@ _PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _AST_LINE = re.compile(r"^( *)(\S+) ?(.*)$")
 _QUERY_TREE_TABLE = re.compile(r"^ *TABLE id: \d+,.* table_name: (\S+)")
 _QUERY_TREE_FUNCTION = re.compile(r"^ *TABLE_FUNCTION id: \d+,.* table_function_name: (\S+)")
-_CLICKHOUSE_ERROR = re.compile(r"DB::Exception: (.*?)(?: \(version [^)]*\))?\.? \(([A-Z_]+)\)")
+_CLICKHOUSE_CODE = re.compile(r" ?\(([A-Z][A-Z_]+)\)\W*$")  # "... (SYNTAX_ERROR)" at the end
+MESSAGE_CHARS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,13 +180,27 @@ def check_statement(
 
 
 def clickhouse_message(exc: BaseException) -> str:
-    """The ``DB::Exception`` text and code of a ClickHouse error, without the noise."""
-    text = str(exc)
-    found = _CLICKHOUSE_ERROR.findall(text)
-    if found:
-        message, code = found[-1]
-        return f"{message} ({code})"
-    return text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
+    """The ``DB::Exception`` text and code of a ClickHouse error, without the noise.
+
+    String operations only (no regex over the text, which may quote a 1 MiB query), and
+    cut to :data:`MESSAGE_CHARS` with a marker.
+    """
+    text = str(exc).strip()
+    start = text.rfind("DB::Exception: ")
+    body = text[start + len("DB::Exception: ") :] if start >= 0 else text
+    tail = max(0, len(body) - 100)
+    code = _CLICKHOUSE_CODE.search(body, tail)
+    if code:
+        body = body[: code.start()]
+    for noise in (" (version ", ". : In scope ", ": In scope "):
+        cut = body.find(noise)
+        if cut >= 0:
+            body = body[:cut]
+    body = body.rstrip(" .")
+    if code:
+        body = body.removesuffix(f"({code.group(1)})").rstrip(" .")
+    message = bounded(body, MESSAGE_CHARS) or type(exc).__name__
+    return f"{message} ({code.group(1)})" if code else message
 
 
 def _scalar_rows(client: Client, sql: str, parameters: Mapping[str, Any]) -> list[str]:

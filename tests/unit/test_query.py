@@ -413,3 +413,26 @@ def test_a_slow_query_holds_only_its_own_slot(chdb_settings: Settings) -> None:
     finally:
         worker.join()
     assert len(failures) == 2 and all("TIMEOUT_EXCEEDED" in str(f) for f in failures)
+
+
+def test_clickhouse_messages_are_short_and_keep_the_code() -> None:
+    from streams.sql.statement import MESSAGE_CHARS, clickhouse_message
+
+    echoed = "Code: 62. DB::Exception: Syntax error: " + "x" * 2_000_000 + ". (SYNTAX_ERROR)"
+    message = clickhouse_message(Exception(echoed))
+    assert message.endswith("(SYNTAX_ERROR)") and "truncated, " in message
+    assert len(message) < MESSAGE_CHARS + 100
+    nested = (
+        "Code: 164. DB::Exception: Code: 164. DB::Exception: Cannot modify 'readonly' "
+        "setting in readonly mode. (READONLY) (version 26.9.2.1). (READONLY)"
+    )
+    assert clickhouse_message(Exception(nested)) == (
+        "Cannot modify 'readonly' setting in readonly mode (READONLY)"
+    )
+
+
+def test_a_huge_hostile_query_is_refused_quickly_with_a_short_message(reader: ReadOnlySQL) -> None:
+    # 900 KB of SQL whose parse error quotes it back: the answer stays short.
+    with pytest.raises(QueryRefused) as refused:
+        reader.query("select '" + "a" * 900_000 + "' from file('/etc/passwd') where (")
+    assert len(str(refused.value)) < 2000
