@@ -31,7 +31,7 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-AGENTS = ("ingest", "score", "dlq", "lake", "labels")
+AGENTS = ("ingest", "score", "sink", "dlq", "lake", "labels")
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -143,10 +143,11 @@ class Settings(BaseSettings):
         default_factory=_default_worker_id, description="STREAMSCORE_WORKER_ID: in DLQ headers."
     )
     agents: str = Field(
-        default="dlq,ingest,labels,lake,score",
+        default="dlq,ingest,labels,lake,score,sink",
         description=(
             "STREAMSCORE_AGENTS: comma-separated agents this worker runs (ingest, score, "
-            "dlq, labels, lake); run stages in separate processes to scale them independently."
+            "sink, dlq, labels, lake); run stages in separate processes to scale them "
+            "independently. score decides on Kafka; sink writes its rows to ClickHouse."
         ),
     )
     score_batch_size: int = Field(
@@ -170,6 +171,19 @@ class Settings(BaseSettings):
         ge=0,
         description="STREAMSCORE_DRIFT_LATENESS_WINDOWS: windows a partition's clock must "
         "pass a window's end before it closes (later events are counted as late).",
+    )
+    sink_flush_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "STREAMSCORE_SINK_FLUSH_SECONDS: the ClickHouse sink inserts what arrived in this "
+            "long (one insert per table per interval at steady state)."
+        ),
+    )
+    sink_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="STREAMSCORE_SINK_MAX_BYTES: … or sooner, once it holds this many bytes.",
     )
     sink_dedup: bool = Field(
         default=True,

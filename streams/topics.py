@@ -53,7 +53,12 @@ DLQ = TopicSpec(
     description="Dead letters: original key/value/headers plus dlq.* headers saying why.",
     extra=(("max.message.bytes", str(16 * 1024 * 1024)),),
 )
-PREDICTIONS = TopicSpec("predictions", 6, 7 * DAY_MS, description="One record per scored event.")
+PREDICTIONS = TopicSpec(
+    "predictions",
+    6,
+    7 * DAY_MS,
+    description="Decisions: one small record per scored event, keyed by account (at least once).",
+)
 REVIEW = TopicSpec("review", 3, 30 * DAY_MS, description="Low-confidence cases for humans.")
 
 
@@ -68,15 +73,36 @@ def valid_spec(event_type: str) -> TopicSpec:
     )
 
 
+def scored_spec(event_type: str) -> TopicSpec:
+    """Scored batches of one event type, for the ClickHouse sink stage.
+
+    One Arrow IPC message per (scoring batch, valid partition), written to the partition of
+    the same number, so a sink partition sees one valid partition's batches in order.
+    Messages carry every model's rows with their feature vectors: a few MB each.
+    """
+    return TopicSpec(
+        f"scored.{event_type}",
+        valid_spec(event_type).partitions,
+        1 * DAY_MS,
+        description=f"Scored {event_type} batches (Arrow IPC) for the ClickHouse sink.",
+        extra=(("max.message.bytes", str(SCORED_MAX_BYTES)),),
+    )
+
+
+SCORED_MAX_BYTES = 64 * 1024 * 1024
+
+
 def declared_topics(event_types: Iterable[str]) -> tuple[TopicSpec, ...]:
     """Every topic for the given event types (from the schema registry)."""
+    types = sorted(event_types)
     return (
         RAW,
         LABELS_RAW,
         DLQ,
         PREDICTIONS,
         REVIEW,
-        *(valid_spec(t) for t in sorted(event_types)),
+        *(valid_spec(t) for t in types),
+        *(scored_spec(t) for t in types),
     )
 
 
@@ -99,6 +125,10 @@ def dlq_topic(settings: Settings) -> str:
 
 def valid_topic(settings: Settings, event_type: str) -> str:
     return topic_name(settings, valid_spec(event_type))
+
+
+def scored_topic(settings: Settings, event_type: str) -> str:
+    return topic_name(settings, scored_spec(event_type))
 
 
 @dataclass(slots=True)

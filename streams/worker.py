@@ -13,6 +13,7 @@ from streams.agents.ingest import register_ingest_agent
 from streams.agents.labels import register_labels_agent
 from streams.agents.lake import register_lake_agent
 from streams.agents.score import register_score_agent
+from streams.agents.sink import register_sink_agent
 from streams.app import create_app
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.kafka import make_admin
@@ -49,7 +50,7 @@ def build_app(settings: Settings) -> faust.App:
         register_ingest_agent(app, settings, registry, KafkaHandoff(settings), metrics)
     if "lake" in settings.agent_names:
         register_lake_agent(app, settings, registry)
-    if settings.agent_names & {"score", "dlq", "labels"}:
+    if settings.agent_names & {"score", "sink", "dlq", "labels"}:
         # The worker owns ClickHouse (with chDB, no other process may open the data path):
         # one client for the sinks and the read-only /sql endpoint.
         gateway = ClickHouseGateway.open(settings)
@@ -59,6 +60,8 @@ def build_app(settings: Settings) -> faust.App:
             register_labels_agent(app, settings, gateway)
         if "score" in settings.agent_names:
             register_score_agent(app, settings, gateway, metrics=metrics)
+        if "sink" in settings.agent_names:
+            register_sink_agent(app, settings, gateway, metrics=metrics)
     if settings.nightly_cron:
         # On the leader only: one nightly run per group, not one per worker.
         app.crontab(settings.nightly_cron, on_leader=True)(nightly_job(settings))

@@ -90,6 +90,7 @@ class BatchAgent(mode.Service):
         on_assigned: AssignHandler | None = None,
         consumer_config: dict[str, Any] | None = None,
         metrics: WorkerMetrics | None = None,
+        gather_bytes: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -100,6 +101,11 @@ class BatchAgent(mode.Service):
         self.exit_code = exit_code
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
+        # 0: a batch is what one consume() returns (closes within batch_seconds when caught
+        # up, grows to batch_size under backlog). > 0: a batch gathers messages for
+        # batch_seconds or until it holds gather_bytes (a sink's time-closed batches).
+        self.gather_bytes = gather_bytes
+        self._revoked: set[tuple[str, int]] = set()
         self.on_assigned = on_assigned
         self.group = group_id(settings, name)
         self.metrics = metrics
@@ -124,6 +130,9 @@ class BatchAgent(mode.Service):
         self._assigned.extend((tp.topic, tp.partition) for tp in partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # A gathered batch drops the revoked partitions' messages: their offsets were not
+        # stored, so their new owner reads them, and nothing is handled twice at once.
+        self._revoked.update((tp.topic, tp.partition) for tp in partitions)
         log.info(
             "%s: revoked %s",
             self.agent_name,
@@ -163,9 +172,12 @@ class BatchAgent(mode.Service):
     async def _run(self) -> None:
         consumer = self._consumer
         while not self._stopping:
-            messages: list[Message] = await asyncio.to_thread(
-                consumer.consume, self.batch_size, self.batch_seconds
-            )
+            if self.gather_bytes:
+                messages = await asyncio.to_thread(self._gather, consumer)
+            else:
+                messages = await asyncio.to_thread(
+                    consumer.consume, self.batch_size, self.batch_seconds
+                )
             if self.metrics is not None:
                 self.metrics.record_consumer_lag(self.group, consumer)  # at most once a second
             if self._assigned:
@@ -187,6 +199,25 @@ class BatchAgent(mode.Service):
                 )
             self.batches += 1
             self.messages += len(batch)
+
+    def _gather(self, consumer: Any) -> list[Message]:
+        """What arrives within ``batch_seconds``, or less once it holds ``gather_bytes``."""
+        gathered: list[Message] = []
+        size = 0
+        deadline = time.monotonic() + self.batch_seconds
+        self._revoked.clear()
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0 or size >= self.gather_bytes:
+                break
+            got: list[Message] = consumer.consume(self.batch_size, left)
+            gathered.extend(got)
+            size += sum(len(m.value() or b"") for m in got)
+            if self._revoked:
+                revoked = self._revoked
+                gathered = [m for m in gathered if (m.topic(), m.partition()) not in revoked]
+                size = sum(len(m.value() or b"") for m in gathered)
+        return gathered
 
     async def _guard(self, work: Awaitable[None], what: str) -> None:
         """Await ``work``; on a StreamscoreError stop the process before offsets move."""

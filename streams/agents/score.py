@@ -1,16 +1,19 @@
-"""The scoring agent: valid events → features → every model → ClickHouse, predictions, review.
+"""The scoring agent: valid events → features → every model → decisions, review, scored rows.
 
 Per batch (bounded by ``score_batch_size`` and ``score_batch_seconds``):
 
-1. drop copies already written (``SourceMarks``, loaded from ClickHouse on assignment);
-2. decode, look up features, score with the champion and every challenger, decide
-   (``streams.scoring.pipeline``, pure, run in a thread);
-3. insert the rows into ClickHouse with a deterministic deduplication token, and wait;
-4. send one message per event to the predictions topic and the low-confidence ones, with
-   full context, to the review topic, and wait for the broker's acks;
-5. return, and only then does ``BatchAgent`` store the batch's offsets.
+1. drop copies already scored (``SourceMarks``, loaded from ClickHouse on assignment);
+2. decode, look up features, score with the champion and every challenger, decide, and
+   encode the ``predictions`` rows as Arrow IPC (``streams.scoring.pipeline``,
+   ``streams.sinks.scored``; pure, run in a thread);
+3. send one decision per event to the decisions (``predictions``) topic, the
+   low-confidence ones with full context to the review topic, and the rows to the scored
+   topic for the ClickHouse sink stage (``streams.agents.sink``); wait for the acks;
+4. return, and only then does ``BatchAgent`` store the batch's offsets.
 
-A failure in 3 or 4 exits the process (code 72) before offsets move.
+No decision waits for ClickHouse. A failed send exits the process (code 72) before offsets
+move; the batch is scored again after the restart (its decisions may be read twice, with
+the same event id and model version; the sink drops its rows as copies).
 """
 
 from __future__ import annotations
@@ -56,9 +59,10 @@ from streams.scoring.pipeline import (
 )
 from streams.scoring.registry import registry_path
 from streams.settings import Settings
-from streams.sinks.clickhouse import PredictionsSink, SourceMarks, dedup_token
+from streams.sinks.clickhouse import PredictionsSink, SourceMarks
 from streams.sinks.handoff import KafkaHandoff
-from streams.topics import PREDICTIONS, REVIEW, raw_topic, topic_name, valid_topic
+from streams.sinks.scored import encode_scored
+from streams.topics import PREDICTIONS, REVIEW, raw_topic, scored_topic, topic_name, valid_topic
 
 log = logging.getLogger("streams.agents.score")
 
@@ -171,6 +175,7 @@ class Scoring:
         self.producer = make_producer(settings, **{"linger.ms": 2})
         self.predictions_topic = topic_name(settings, PREDICTIONS)
         self.review_topic = topic_name(settings, REVIEW)
+        self.scored_topic = scored_topic(settings, event_type)
         self._failures: list[str] = []
         self._next_reload = time.monotonic() + RELOAD_EVERY_S
         self._registry_mtime = self._registry_stamp()
@@ -264,12 +269,13 @@ class Scoring:
 
     def prepare(
         self, events: Sequence[ValidEvent], picked_up_ms: int
-    ) -> tuple[DecodedBatch, ScoredEvents | None, list[HistogramRow]]:
-        """The pure part, run in a thread: decode, features, models, rows, drift."""
+    ) -> tuple[DecodedBatch, ScoredEvents | None, list[HistogramRow], list[tuple[int, bytes]]]:
+        """The pure part, run in a thread: decode, features, models, rows, drift, and the
+        rows encoded for the sink."""
         self.maybe_reload()
         decoded = decode_events(events, self.columns)
         if not decoded.events:
-            return decoded, None, []
+            return decoded, None, [], []
         scored = score_events(
             decoded,
             self.features,
@@ -279,7 +285,7 @@ class Scoring:
             picked_up_ms=picked_up_ms,
         )
         closed = self.drift.observe(decoded, scored) if self.drift is not None else []
-        return decoded, scored, closed
+        return decoded, scored, closed, encode_scored(scored.predictions)
 
     async def handle(self, messages: Sequence[Message]) -> None:
         picked_up = now_ms()
@@ -293,7 +299,7 @@ class Scoring:
                 events = [events[i] for i in keep]
         if not events:
             return
-        decoded, scored, closed = await asyncio.to_thread(self.prepare, events, picked_up)
+        decoded, scored, closed, rows = await asyncio.to_thread(self.prepare, events, picked_up)
         if decoded.failed:
             await self.dead_letters(decoded.failed)
         if scored is None:
@@ -306,12 +312,6 @@ class Scoring:
             if self.metrics is not None:
                 for w in summary:
                     self.metrics.set_drift(w.model_version, w.feature, w.psi, w.alert)
-        versions = [m.model_id for m in scored.models]
-        token = dedup_token(
-            self.topic, ((e.handoff_partition, e.handoff_offset) for e in decoded.events), versions
-        )
-        t0 = time.perf_counter()
-        await asyncio.to_thread(self.sink.write, scored.predictions, token)
         t1 = time.perf_counter()
         names = self.holder.current.champion.metadata.feature_names
         self.send(self.predictions_topic, prediction_messages(decoded, scored))
@@ -326,16 +326,17 @@ class Scoring:
                     "model_version": routed["model_version"],
                 }
                 log.debug("review: event %(event_id)s, score %(score).3f", fields, extra=fields)
+        for partition, value in rows:
+            self.send_to(self.scored_topic, partition, value)
         await asyncio.to_thread(self.flush)
         t2 = time.perf_counter()
         if not self.counts["scored"]:
-            log.info("scoring: first batch of %d events written", scored.n_events)
+            log.info("scoring: first batch of %d events decided", scored.n_events)
         self.counts["scored"] += scored.n_events
         self.counts["review"] += len(review)
         if (m := self.metrics) is not None:
             m.observe_stage("feature_lookup", scored.timings_ms["feature_ms"] / 1000)
             m.observe_stage("model", scored.timings_ms["model_ms"] / 1000)
-            m.observe_stage("sink_insert", t1 - t0)
             m.observe_stage("produce_flush", t2 - t1)
             produced = np.fromiter((e.produced_at_ms for e in decoded.events), np.int64)
             m.observe_latency("end_to_end", (now_ms() - produced) / 1000.0)
@@ -364,6 +365,17 @@ class Scoring:
                     break
                 except BufferError:
                     self.producer.poll(0.05)
+
+    def send_to(self, topic: str, partition: int, value: bytes) -> None:
+        """One message to an explicit partition (scored rows: partition = valid partition)."""
+        while True:
+            try:
+                self.producer.produce(
+                    topic, value=value, partition=partition, on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.05)
 
     def _on_delivery(self, err: object, msg: Message) -> None:
         if err is not None:

@@ -35,7 +35,7 @@ import psutil
 from streams.demo import Pacer, delete_run_topics, start_worker, stop_worker, wait_for_groups
 from streams.settings import Settings
 
-AGENTS = "ingest,score,dlq"
+AGENTS = "ingest,score,sink,dlq"
 SEED = 7
 GOAL_EPS = 50_000.0
 GOAL_RATIO = 0.5

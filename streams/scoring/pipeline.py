@@ -331,8 +331,14 @@ def score_events(
 def prediction_messages(
     batch: DecodedBatch, scored: ScoredEvents
 ) -> list[tuple[bytes | None, bytes]]:
-    """One message per event for the predictions topic: the acted-on prediction plus challengers."""
+    """One message per event for the decisions (``predictions``) topic: the acted-on
+    decision, the challengers' scores, when the event was produced and decided.
+
+    Delivery is at least once: after a crash a reader may see an event's decision twice,
+    with the same event id and model version; it keys on them.
+    """
     score, decision, review, model = scored.decided()
+    decided_at = int(time.time() * 1000)
     challengers = [m for m in scored.models if m.role != "champion"]
     out: list[tuple[bytes | None, bytes]] = []
     dumps = orjson.dumps
@@ -346,6 +352,8 @@ def prediction_messages(
             "decision": DECISION_NAMES[decision[i]],
             "human_review": bool(review[i]),
             "missing_entities": scored.missing_entities[i],
+            "produced_at_ms": event.produced_at_ms,
+            "decided_at_ms": decided_at,
             "source": {
                 "topic": event.source[0],
                 "partition": event.source[1],

@@ -62,7 +62,7 @@ def test_every_valid_event_scored_by_every_model_and_every_invalid_one_stored(
     invalid = {c: r.expected for c, r in landed.items() if r.expected != "accepted"}
     assert valid and invalid
 
-    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score,dlq", STREAMSCORE_LOG_FORMAT="json")
+    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score,sink,dlq", STREAMSCORE_LOG_FORMAT="json")
     wait_for_predictions(settings, valid, timeout=180, worker=worker)
     time.sleep(2)  # the DLQ agent's batch window
     stop(worker)
@@ -137,7 +137,7 @@ def test_unknown_entities_are_flagged_per_row_not_filled_from_others(
         event["account_id"] = f"acc_unknown_{event['event_id'][:8]}"
         strangers.append(dataclasses.replace(item, value=orjson.dumps(event)))
     landed = publish(settings, strangers + items[50:])
-    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score")
+    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score,sink")
     wait_for_predictions(settings, set(landed), timeout=180, worker=worker)
     stop(worker)
     flagged = query(
@@ -170,7 +170,10 @@ def test_sigkill_many_times_gives_exactly_one_row_per_event_and_model(
     publisher = threading.Thread(
         target=lambda: landed.update(publish(settings, items, rate=250)), daemon=True
     )
-    env = {"STREAMSCORE_AGENTS": "ingest,score,dlq", "STREAMSCORE_SINK_DEDUP": str(dedup).lower()}
+    env = {
+        "STREAMSCORE_AGENTS": "ingest,score,sink,dlq",
+        "STREAMSCORE_SINK_DEDUP": str(dedup).lower(),
+    }
     # No background merges in this test: ReplacingMergeTree would fold duplicates at merge
     # time and hide whether the insert path itself wrote each row once.
     from streams.clickhouse import connect
@@ -224,7 +227,7 @@ def test_replay_twice_adds_nothing_and_another_model_adds_one_row_per_event(
     settings = scoring_settings
     landed = publish(settings, records(600, invalid_fraction=0.05, seed=14))
     valid = {c for c, r in landed.items() if r.expected == "accepted"}
-    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score")
+    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score,sink")
     wait_for_predictions(settings, valid, timeout=180, worker=worker)
     stop(worker)
     before = query(settings, "select count() from {db}.predictions")[0][0]

@@ -160,6 +160,8 @@ def test_every_model_gets_one_row_per_event_and_exactly_one_model_decides(models
     assert body["model_version"] in models.model_ids and set(body["challengers"]) == set(
         models.model_ids[1:]
     )
+    assert body["produced_at_ms"] == decoded.events[0].produced_at_ms
+    assert body["decided_at_ms"] >= body["produced_at_ms"]
     review = review_messages(decoded, scored, SPEC.names)
     flagged = int(np.array(rows.column("human_review").to_pylist())[scored.decided_row].sum())
     assert len(review) == flagged

@@ -1,0 +1,134 @@
+"""The ClickHouse sink stage: scored batches → ``predictions``, about one insert a second.
+
+It is off the decision path: the scoring stage answers on Kafka and hands its rows over on
+the scored topic (``streams.sinks.scored``); this stage gathers them for
+``STREAMSCORE_SINK_FLUSH_SECONDS`` (or ``STREAMSCORE_SINK_MAX_BYTES``), drops rows already
+written (marks per valid partition and raw partition, loaded from ClickHouse on
+assignment), and writes the rest in one insert with a deterministic deduplication token.
+Offsets are stored only after ClickHouse confirmed; a failed insert exits the process
+(code 72) before they move, and the batch is read again after the restart.
+
+On chDB this stage must run in the process that holds the data path (the worker); against
+a ClickHouse server, sink processes scale by partition in one consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import pyarrow as pa
+from confluent_kafka import Message
+
+from streams.agents.batching import BatchAgent
+from streams.clickhouse.gateway import ClickHouseGateway
+from streams.monitoring.metrics import WorkerMetrics
+from streams.settings import Settings
+from streams.sinks.clickhouse import PredictionsSink, dedup_token
+from streams.sinks.scored import RowMarks, decode_scored
+from streams.topics import SCORED_MAX_BYTES, scored_topic
+
+__all__ = ["EXIT_SINK_FAILED", "PredictionsSinkStage", "register_sink_agent"]
+
+log = logging.getLogger("streams.agents.sink")
+
+EXIT_SINK_FAILED = 72
+
+
+class PredictionsSinkStage:
+    """Marks, the ClickHouse sink and the batch handler of one sink stage."""
+
+    def __init__(
+        self, settings: Settings, gateway: ClickHouseGateway, *, event_type: str = "transaction"
+    ) -> None:
+        self.settings = settings
+        self.event_type = event_type
+        self.topic = scored_topic(settings, event_type)
+        self.sink = PredictionsSink(gateway, dedup=settings.sink_dedup)
+        self.marks = RowMarks()
+        self.metrics: WorkerMetrics | None = None
+        self.counts = {"inserts": 0, "rows": 0, "copies_dropped": 0}
+
+    async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
+        for _, partition in (p for p in partitions if p[0] == self.topic):
+            if self.sink.dedup:
+                marks = await asyncio.to_thread(self.sink.live_marks, self.event_type, partition)
+            else:
+                marks = {}
+            self.marks.load(partition, marks)
+            log.info(
+                "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)
+            )
+
+    def prepare(self, messages: Sequence[Message]) -> tuple[pa.Table | None, int]:
+        """The rows to insert (copies dropped), and how many copies were dropped."""
+        tables: list[pa.Table] = []
+        dropped = 0
+        for message in messages:
+            rows = decode_scored(message.value() or b"")
+            if self.sink.dedup:
+                fresh = self.marks.take(int(message.partition() or 0), rows)
+                dropped += rows.num_rows - fresh.num_rows
+                rows = fresh
+            if rows.num_rows:
+                tables.append(rows)
+        if not tables:
+            return None, dropped
+        return pa.concat_tables(tables, promote_options="default"), dropped
+
+    async def handle(self, messages: Sequence[Message]) -> None:
+        rows, dropped = await asyncio.to_thread(self.prepare, messages)
+        self.counts["copies_dropped"] += dropped
+        if rows is None:
+            return
+        versions = sorted(set(rows.column("model_version").to_pylist()))
+        token = dedup_token(
+            self.topic,
+            ((int(m.partition() or 0), int(m.offset() or 0)) for m in messages),
+            versions,
+        )
+        started = time.perf_counter()
+        await asyncio.to_thread(self.sink.write, rows, token)
+        if not self.counts["inserts"]:
+            log.info("sink: first insert of %d rows written", rows.num_rows)
+        self.counts["inserts"] += 1
+        self.counts["rows"] += rows.num_rows
+        if (m := self.metrics) is not None:
+            m.observe_stage("sink_insert", time.perf_counter() - started)
+            m.count("sink", "rows", rows.num_rows)
+            if dropped:
+                m.count("sink", "copies_dropped", dropped)
+
+
+def register_sink_agent(
+    app: object,
+    settings: Settings,
+    gateway: ClickHouseGateway,
+    metrics: WorkerMetrics | None = None,
+) -> BatchAgent:
+    """Attach the ClickHouse sink stage to the faust ``app``; returns it."""
+    import faust
+
+    assert isinstance(app, faust.App)
+    stage = PredictionsSinkStage(settings, gateway)
+    stage.metrics = metrics
+    agent = BatchAgent(
+        settings,
+        "sink",
+        [stage.topic],
+        stage.handle,
+        exit_code=EXIT_SINK_FAILED,
+        batch_size=1000,
+        batch_seconds=settings.sink_flush_seconds,
+        gather_bytes=settings.sink_max_bytes,
+        on_assigned=stage.on_assigned,
+        consumer_config={"max.partition.fetch.bytes": SCORED_MAX_BYTES},
+        metrics=metrics,
+        loop=app.loop,
+        beacon=app.beacon,
+    )
+    agent.stage = stage  # type: ignore[attr-defined]
+    app.add_dependency(agent)
+    return agent

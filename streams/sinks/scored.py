@@ -1,0 +1,87 @@
+"""Scored batches between the scoring stage and the ClickHouse sink: Arrow IPC on Kafka.
+
+The scoring stage decides and answers on Kafka without waiting for ClickHouse; what
+ClickHouse needs (every model's ``predictions`` rows, feature vectors included) travels as
+one compressed Arrow IPC stream per (scoring batch, valid partition) on the scored topic,
+written to the partition of the valid partition's number. The sink stage reads a second's
+worth, drops rows it has written before (:class:`RowMarks`) and inserts them in one go.
+
+Exactly-once effect, at-least-once delivery: a scoring crash re-sends a batch after the
+one that may already be written; within a scored partition the raw offsets of each raw
+partition only rise except for such re-sends, so a row at or below the highest raw offset
+written for its (valid partition, raw partition) is a copy. The marks are loaded from
+ClickHouse when the sink is assigned a partition, and raised as rows are taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["RowMarks", "decode_scored", "encode_scored"]
+
+_WRITE = pa.ipc.IpcWriteOptions(compression="lz4")
+RawPartition = tuple[str, int]
+
+
+def encode_scored(rows: pa.Table) -> list[tuple[int, bytes]]:
+    """``(valid partition, Arrow IPC bytes)`` per valid partition in ``rows``."""
+    column = rows.column("handoff_partition")
+    partitions = sorted(pc.unique(column).to_pylist())
+    out: list[tuple[int, bytes]] = []
+    for partition in partitions:
+        part = rows if len(partitions) == 1 else rows.filter(pc.equal(column, partition))
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, part.schema, options=_WRITE) as writer:
+            writer.write_table(part)
+        out.append((int(partition), sink.getvalue().to_pybytes()))
+    return out
+
+
+def decode_scored(value: bytes) -> pa.Table:
+    """The rows of one scored message."""
+    return pa.ipc.open_stream(value).read_all()
+
+
+class RowMarks:
+    """Per valid partition: raw (topic, partition) → highest raw offset written."""
+
+    def __init__(self) -> None:
+        self._marks: dict[int, dict[RawPartition, int]] = {}
+
+    def load(self, partition: int, marks: Mapping[RawPartition, int]) -> None:
+        self._marks[partition] = dict(marks)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self._marks.pop(partition, None)
+
+    def get(self, partition: int) -> dict[RawPartition, int]:
+        return dict(self._marks.get(partition, {}))
+
+    def take(self, partition: int, rows: pa.Table) -> pa.Table:
+        """The rows of one scored message not written before; raises the marks.
+
+        Vectorised per raw partition: every model's row of an event shares the event's
+        raw offset, so they are kept or dropped together.
+        """
+        if rows.num_rows == 0:
+            return rows
+        marks = self._marks.setdefault(partition, {})
+        topics = rows.column("topic").to_numpy(zero_copy_only=False)
+        partitions = rows.column("partition").to_numpy()
+        offsets = rows.column("offset").to_numpy().astype(np.int64)
+        keep = np.zeros(rows.num_rows, dtype=np.bool_)
+        for topic in np.unique(topics):
+            in_topic = topics == topic
+            for raw in np.unique(partitions[in_topic]):
+                group = in_topic & (partitions == raw)
+                key = (str(topic), int(raw))
+                fresh = group & (offsets > marks.get(key, -1))
+                if fresh.any():
+                    marks[key] = int(offsets[fresh].max())
+                    keep |= fresh
+        return rows if keep.all() else rows.filter(pa.array(keep))
