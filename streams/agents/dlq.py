@@ -196,8 +196,10 @@ def register_dlq_agent(
         [topic],
         store,
         exit_code=EXIT_DLQ_SINK_FAILED,
+        # Time-closed batches like the predictions sink: about one insert a second.
         batch_size=5000,
-        batch_seconds=0.2,
+        batch_seconds=settings.sink_flush_seconds,
+        gather_bytes=settings.sink_max_bytes,
         consumer_config={"max.partition.fetch.bytes": 16 * 1024 * 1024},
         metrics=metrics,
         loop=app.loop,

@@ -228,8 +228,10 @@ def register_labels_agent(
         [store.topic],
         store.handle,
         exit_code=EXIT_LABELS_SINK_FAILED,
+        # Time-closed batches like the predictions sink: about one insert a second.
         batch_size=5000,
-        batch_seconds=0.5,
+        batch_seconds=settings.sink_flush_seconds,
+        gather_bytes=settings.sink_max_bytes,
         loop=app.loop,
         beacon=app.beacon,
     )
