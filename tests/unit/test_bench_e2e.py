@@ -50,16 +50,36 @@ def test_table_marks_goals_met_and_missed() -> None:
     result = E2EResult(
         events=1_000_000, valid=980_000, ceiling_eps=400_000.0, sustained_eps=60_000.0,
         latency_rate=5_000.0, latency_events=150_000,
-        latency_ms={"p50": 20.0, "p90": 40.0, "p99": 80.0, "max": 200.0},
+        latency_ms={"p50": 900.0, "p90": 1500.0, "p99": 2500.0, "max": 3000.0},
+        decision_ms={"p50": 8.0, "p90": 12.0, "p99": 20.0, "max": 90.0},
+        inserts_per_s=1.1,
     )  # fmt: skip
     lines = format_table(result)
     sustained = next(line for line in lines if "worker sustained" in line)
     ratio = next(line for line in lines if "ratio to ceiling" in line)
-    p99 = next(line for line in lines if line.strip().startswith("p99"))
+    decision_p99, queryable_p99 = [line for line in lines if line.strip().startswith("p99")]
+    inserts = next(line for line in lines if "inserts/s" in line)
     assert "60,000/s" in sustained and sustained.endswith("ok")
     assert "0.15" in ratio and ratio.endswith("short")
-    assert "80.0 ms" in p99 and p99.endswith("short")
+    assert "20.0 ms" in decision_p99 and decision_p99.endswith("ok")
+    assert "2,500.0 ms" in queryable_p99 and queryable_p99.endswith("short")
+    assert "1.10" in inserts and inserts.endswith("ok")
     assert result.ratio == pytest.approx(0.15)
+
+
+def test_json_result_has_every_key_the_issue_names() -> None:
+    result = E2EResult(
+        events=1_000, ceiling_eps=100_000.0, sustained_eps=50_000.0,
+        latency_ms={"p50": 900.0, "p99": 1900.0}, decision_ms={"p50": 8.0, "p99": 20.0},
+        inserts_per_s=1.0, startup_s=1.5, peak_rss_mb=800.4,
+    )  # fmt: skip
+    assert result.to_json() == {
+        "events": 1_000, "ceiling_eps": 100_000, "sustained_eps": 50_000, "ratio": 0.5,
+        "decision_p50_ms": 8.0, "decision_p99_ms": 20.0,
+        "queryable_p50_ms": 900.0, "queryable_p99_ms": 1900.0,
+        "inserts_per_s": 1.0, "startup_s": 1.5, "peak_rss_mb": 800, "processes": 1,
+    }  # fmt: skip
+    assert E2EResult().to_json()["decision_p99_ms"] is None  # not measured: null
 
 
 def test_monitoring_cost_is_measured_against_the_run_without_monitoring() -> None:
