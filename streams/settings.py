@@ -172,6 +172,22 @@ class Settings(BaseSettings):
         description="STREAMSCORE_DRIFT_LATENESS_WINDOWS: windows a partition's clock must "
         "pass a window's end before it closes (later events are counted as late).",
     )
+    # Bounded drift cost (streams.monitoring.drift): however far apart a batch's event
+    # times are, each partition keeps at most this many windows open, and no event from
+    # beyond the wall clock's future limit moves its watermark.
+    drift_max_open_windows: int = Field(
+        default=4,
+        ge=1,
+        description="STREAMSCORE_DRIFT_MAX_OPEN_WINDOWS: open drift windows per valid-topic "
+        "partition at most (the lateness is capped by it); the oldest closes first.",
+    )
+    drift_max_future_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="STREAMSCORE_DRIFT_MAX_FUTURE_S: an event time more than this ahead of "
+        "the wall clock is scored and counted as future, but neither binned nor allowed "
+        "to move its partition's drift watermark.",
+    )
     sink_flush_seconds: float = Field(
         default=1.0,
         gt=0,

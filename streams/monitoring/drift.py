@@ -1,17 +1,48 @@
 """In-stream drift: per tumbling event-time window, histograms against the training baseline.
 
-The scoring agent adds every scored batch to a ``DriftAccumulator``: per (valid-topic
-partition, window, model version) it keeps bin counts for each feature and the score,
-using the bin edges of the model's training baseline (the ONNX sidecar), plus row and
-missing counts. Nothing but counts is kept: memory is features × bins per open window.
+The scoring stage hands every scored batch to a ``DriftAccumulator``. Per valid-topic
+partition it keeps a small ring of open event-time windows, and per window and model the
+bin counts of each feature and of the score (bin edges from the model's training
+baseline, the ONNX sidecar), plus row and missing counts. Nothing but counts is kept.
 
-When event time has passed a window's end by ``lateness`` windows, its counts are
-emitted as ``drift_histograms`` rows, keyed by (model version, feature, window,
-partition). Statistics are computed from summed counts, in ClickHouse (the
-``drift_stats`` view, so windows whose partitions were scored by several workers add
-up) and here (``drift_statistics``, the same formulas, for logs and metrics):
+**Bounded cost.** However many event-time windows a batch spans, its cost is
+O(rows × features) numpy work plus O(partitions × open windows) bookkeeping:
 
-* PSI = Σ (p − q) · ln(p / q) over bins (proportions smoothed by ``EPSILON``),
+* Each partition has a watermark: the newest event time it has seen, where an event more
+  than ``max_future_ms`` ahead of the wall clock does not count (a producer with a broken
+  clock, or a simulator's compressed clock, cannot close every window with one event).
+* The open windows of a partition are the ``ring`` newest up to its watermark's window:
+  ``lateness_windows + 1`` of them, at most ``max_open_windows``. When the watermark
+  moves, windows that leave the ring close, oldest first.
+* An event older than the partition's oldest open window (after the batch moved the
+  watermark) is *late*; one beyond the future limit is *future*. Both are counted
+  (``Observation.late``/``future``, the accumulator's totals) and are scored as usual,
+  but binned nowhere: a "late bucket" would mix event times that no window owns, and its
+  PSI would answer no question. Counting them says how much traffic the windows miss.
+* A partition that went quiet follows the newest partition: its windows close once that
+  one is ``idle_windows`` past them (as if its own clock had moved on).
+
+The watermark moves once per batch, before the batch is binned: a batch is short next to
+a window (a 5,000-event batch at 5,000 events/s spans 1 s of a 60 s window), so this
+loses nothing in order, and it is what keeps a batch that spans 10,000 windows from
+opening them.
+
+**Deltas.** Each batch yields its count deltas (``Observation.deltas``) per (model,
+feature, window, partition), tagged with the batch's source coordinates (the offsets it
+covered in that partition). The ``drift_deltas`` table keys rows on those coordinates
+(ReplacingMergeTree), so a re-sent batch replaces itself, and the ``drift_stats`` view
+sums the deltas of a window: no window is emitted whole, a restarted worker needs no
+seeding, and the sink inserts the rows of many batches in one insert. Closed windows are
+still returned whole (``Observation.closed``) for this worker's logs and gauges, and for
+the whole-window write path the old scoring agent uses (``streams.monitoring.stream``).
+
+**One PSI.** Statistics are computed from summed counts in ClickHouse (the ``drift_stats``
+view, migration 0007) and here (``drift_statistics``, for logs, metrics and the report);
+both use exactly these formulas, and a unit test holds them to 1e-9 of each other:
+
+* proportions p = counts / total and q = the baseline's, each floored at ``EPSILON`` and
+  renormalised to sum to 1; a window with no counted value has PSI, KS and JS 0;
+* PSI = Σ (p − q) · ln(p / q) over bins,
 * KS = max |CDF_p − CDF_q| on the bins (a binned two-sample KS statistic),
 * Jensen-Shannon distance = sqrt(½ KL(p‖m) + ½ KL(q‖m)), m = (p + q)/2, base 2 (0…1).
 
@@ -21,27 +52,47 @@ a thousand. Without drift, PSI ≈ χ²(k − 1) · (1/n + 1/m) for n window row
 rows and k non-empty bins, so the noise floor is ``critical · (1/n + 1/m)`` with
 ``critical`` the χ² 0.999 quantile. A 0.1 threshold over 250 rows and 10 bins would
 otherwise fire on noise alone about once in 200 windows.
-
-A window is exactly once per partition: a restarted or newly assigned worker seeds an
-open (partition, window) from the ``predictions`` already in ClickHouse before it adds
-new rows, and re-emitting a window replaces the same key (ReplacingMergeTree).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+import pyarrow as pa
+from numpy.typing import ArrayLike, NDArray
 
 from streams.scoring.metadata import Histogram, ModelMetadata
 
-EPSILON = 1e-4
+__all__ = [
+    "ALERT_MIN_ROWS",
+    "DELTA_COLUMNS",
+    "EPSILON",
+    "SCORE",
+    "Baseline",
+    "DriftAccumulator",
+    "DriftDeltas",
+    "HistogramRow",
+    "Observation",
+    "WindowDrift",
+    "chi2_quantile",
+    "drift_statistics",
+    "model_baselines",
+    "psi",
+    "smoothed",
+    "summarise",
+    "window_table",
+]
+
+EPSILON = 1e-4  # the proportion floor; migration 0007's drift_stats view uses the same
 SCORE = "__score__"  # the pseudo-feature holding the model's score distribution
 ALERT_MIN_ROWS = 200
 Z_999 = 3.0902  # the standard normal 0.999 quantile
+_NONE = -(2**62)  # "no watermark yet": far below any event time, safe to subtract from
 
 
 def chi2_quantile(dof: int, z: float = Z_999) -> float:
@@ -49,6 +100,49 @@ def chi2_quantile(dof: int, z: float = Z_999) -> float:
     (Wilson-Hilferty: 3% above the exact value at 1 degree of freedom, under 2% from 3 on)."""
     k = max(dof, 1)
     return float(k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3)
+
+
+# ---- the one PSI definition ------------------------------------------------------------
+
+
+def smoothed(
+    observed: ArrayLike, expected: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+    """(p, q): ``observed`` (counts, or proportions) and ``expected`` as proportions, each
+    floored at ``EPSILON`` and renormalised; None when nothing was observed."""
+    counts = np.asarray(observed, dtype=np.float64)
+    total = counts.sum()
+    if not total > 0:
+        return None
+    p = np.maximum(counts / total, EPSILON)
+    q = np.maximum(np.asarray(expected, dtype=np.float64), EPSILON)
+    return p / p.sum(), q / q.sum()
+
+
+def psi(observed: ArrayLike, expected: ArrayLike) -> float:
+    """Population stability index Σ (p − q) · ln(p / q) of ``observed`` counts (or
+    proportions) against ``expected`` proportions on the same bins (see ``smoothed``)."""
+    pq = smoothed(observed, expected)
+    if pq is None:
+        return 0.0
+    p, q = pq
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def drift_statistics(counts: ArrayLike, expected: ArrayLike) -> tuple[float, float, float]:
+    """(PSI, binned KS, Jensen-Shannon distance) of observed ``counts`` vs ``expected``."""
+    pq = smoothed(counts, expected)
+    if pq is None:
+        return 0.0, 0.0, 0.0
+    p, q = pq
+    value = float(np.sum((p - q) * np.log(p / q)))
+    ks = float(np.max(np.abs(np.cumsum(p) - np.cumsum(q))))
+    m = (p + q) / 2
+    js = 0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m))
+    return value, ks, math.sqrt(max(float(js), 0.0))
+
+
+# ---- baselines ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,30 +217,6 @@ def model_baselines(
     return out
 
 
-def drift_statistics(
-    counts: NDArray[np.int64], expected: NDArray[np.float64]
-) -> tuple[float, float, float]:
-    """(PSI, binned KS, Jensen-Shannon distance) of observed ``counts`` vs ``expected``."""
-    total = counts.sum()
-    if total == 0:
-        return 0.0, 0.0, 0.0
-    p = np.maximum(counts / total, EPSILON)
-    q = np.maximum(expected, EPSILON)
-    p, q = p / p.sum(), q / q.sum()
-    psi = float(np.sum((p - q) * np.log(p / q)))
-    ks = float(np.max(np.abs(np.cumsum(p) - np.cumsum(q))))
-    m = (p + q) / 2
-    js = 0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m))
-    return psi, ks, math.sqrt(max(float(js), 0.0))
-
-
-@dataclass(slots=True)
-class _Window:
-    counts: NDArray[np.int64]  # every baseline's bins, end to end (see _Layout.offsets)
-    missing: NDArray[np.int64]  # per baseline
-    rows: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class _Layout:
     """A model's baselines as arrays, so one batch is binned in a few numpy calls."""
@@ -154,8 +224,11 @@ class _Layout:
     columns: NDArray[np.int64]  # model input column of each feature baseline
     edges: NDArray[np.float64]  # [features × most edges], padded with +inf
     offsets: NDArray[np.int64]  # where each baseline's bins start in the flat counts
+    sizes: NDArray[np.int64]  # bins of each baseline
     bins: int  # all bins, the score's included
     score: Baseline | None
+    names: tuple[str, ...]
+    indices: NDArray[np.int16]  # each baseline's column (-1: the score)
 
     @classmethod
     def of(cls, baselines: Sequence[Baseline]) -> _Layout:
@@ -167,15 +240,39 @@ class _Layout:
         edges = np.full((len(features), max(width, 1)), np.inf)
         for i, b in enumerate(features):
             edges[i, : len(b.edges)] = b.edges
-        sizes = [b.bins for b in features] + ([score.bins] if score is not None else [])
+        sizes = np.array([b.bins for b in baselines], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         columns = np.array([b.column for b in features], dtype=np.int64)
-        return cls(columns, edges, offsets, int(offsets[-1]), score)
+        return cls(
+            columns,
+            edges,
+            offsets,
+            sizes,
+            int(offsets[-1]),
+            score,
+            tuple(b.name for b in baselines),
+            np.array([b.column for b in baselines], dtype=np.int16),
+        )
+
+    @property
+    def baselines(self) -> int:
+        return len(self.names)
+
+    def same_as(self, other: _Layout) -> bool:
+        return (
+            self.names == other.names
+            and np.array_equal(self.sizes, other.sizes)
+            and np.array_equal(self.columns, other.columns)
+            and np.array_equal(self.edges, other.edges)
+        )
+
+
+# ---- what a batch yields -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class HistogramRow:
-    """One ``drift_histograms`` row."""
+    """One closed window of one monitored column (a whole ``drift_deltas`` row)."""
 
     model_version: str
     feature: str
@@ -188,7 +285,173 @@ class HistogramRow:
     counts: list[int]
 
 
-WindowKey = tuple[int, int, str]  # (partition, window start ms, model version)
+DELTA_COLUMNS = (
+    "model_version", "feature", "feature_index", "window_start", "window_seconds", "partition",
+    "source", "first_offset", "last_offset", "rows", "missing", "counts", "worker_id",
+)  # fmt: skip
+_TS = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class DriftDeltas:
+    """Counts per (model, monitored column, window, partition), columnar: what one batch
+    added (``source`` and the batch's offsets set), or whole closed windows (``source``
+    "", offsets 0). ``counts`` of row i are ``values[value_offsets[i]:value_offsets[i + 1]]``.
+    """
+
+    window_ms: int
+    source: str  # what the offsets count (the valid topic); "" for whole windows
+    model_version: NDArray[np.str_]
+    feature: NDArray[np.str_]
+    feature_index: NDArray[np.int16]
+    window_start_ms: NDArray[np.int64]
+    partition: NDArray[np.int64]
+    first_offset: NDArray[np.int64]  # the batch's first and last offset in that partition
+    last_offset: NDArray[np.int64]
+    rows: NDArray[np.int64]
+    missing: NDArray[np.int64]
+    values: NDArray[np.int64]
+    value_offsets: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def empty(cls, window_ms: int, source: str = "") -> DriftDeltas:
+        i64 = np.zeros(0, dtype=np.int64)
+        return cls(
+            window_ms, source, np.zeros(0, dtype=np.str_), np.zeros(0, dtype=np.str_),
+            np.zeros(0, dtype=np.int16), i64, i64, i64, i64, i64, i64, i64,
+            np.zeros(1, dtype=np.int64),
+        )  # fmt: skip
+
+    @classmethod
+    def concat(cls, parts: Sequence[DriftDeltas], window_ms: int, source: str) -> DriftDeltas:
+        if not parts:
+            return cls.empty(window_ms, source)
+        if len(parts) == 1:
+            return dataclasses.replace(parts[0], window_ms=window_ms, source=source)
+        ends = np.cumsum([len(p.values) for p in parts])[:-1]
+        shifted = [parts[0].value_offsets] + [
+            p.value_offsets[1:] + end for p, end in zip(parts[1:], ends, strict=True)
+        ]
+
+        def joined(name: str) -> NDArray[Any]:
+            return np.concatenate([getattr(p, name) for p in parts])
+
+        return cls(
+            window_ms,
+            source,
+            joined("model_version"),
+            joined("feature"),
+            joined("feature_index"),
+            joined("window_start_ms"),
+            joined("partition"),
+            joined("first_offset"),
+            joined("last_offset"),
+            joined("rows"),
+            joined("missing"),
+            joined("values"),
+            np.concatenate(shifted),
+        )
+
+    def counts_of(self, i: int) -> list[int]:
+        return [int(c) for c in self.values[self.value_offsets[i] : self.value_offsets[i + 1]]]
+
+    def take(self, order: NDArray[np.int64]) -> DriftDeltas:
+        """The rows at ``order`` (a permutation or a selection), counts moved with them."""
+        lengths = np.diff(self.value_offsets)[order]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        starts = self.value_offsets[:-1][order] - offsets[:-1]
+        gather = np.repeat(starts, lengths) + np.arange(offsets[-1])
+        return DriftDeltas(
+            self.window_ms, self.source, self.model_version[order], self.feature[order],
+            self.feature_index[order], self.window_start_ms[order], self.partition[order],
+            self.first_offset[order], self.last_offset[order], self.rows[order],
+            self.missing[order], self.values[gather], offsets,
+        )  # fmt: skip
+
+    def histogram_rows(self) -> list[HistogramRow]:
+        """One ``HistogramRow`` per row (a Python object each: for few rows)."""
+        values, bounds = self.values.tolist(), self.value_offsets.tolist()
+        columns = zip(
+            self.model_version.tolist(), self.feature.tolist(), self.feature_index.tolist(),
+            self.window_start_ms.tolist(), self.partition.tolist(), self.rows.tolist(),
+            self.missing.tolist(), strict=True,
+        )  # fmt: skip
+        return [
+            HistogramRow(m, f, j, w, self.window_ms, p, n, x, values[bounds[i] : bounds[i + 1]])
+            for i, (m, f, j, w, p, n, x) in enumerate(columns)
+        ]
+
+    def table(self, worker_id: str) -> pa.Table:
+        """The ``drift_deltas`` rows (``DELTA_COLUMNS``) as one Arrow table, ready for
+        ``insert_arrow``: the sink can concatenate many batches' tables into one insert."""
+        n = len(self.rows)
+        return pa.table(
+            {
+                "model_version": pa.array(self.model_version, type=pa.string()),
+                "feature": pa.array(self.feature, type=pa.string()),
+                "feature_index": pa.array(self.feature_index, type=pa.int16()),
+                "window_start": pa.array(self.window_start_ms, type=pa.int64()).cast(_TS),
+                "window_seconds": pa.array(
+                    np.full(n, self.window_ms // 1000, dtype=np.uint32), type=pa.uint32()
+                ),
+                "partition": pa.array(self.partition.astype(np.uint16), type=pa.uint16()),
+                "source": pa.array([self.source] * n, type=pa.string()),
+                "first_offset": pa.array(self.first_offset.astype(np.uint64), type=pa.uint64()),
+                "last_offset": pa.array(self.last_offset.astype(np.uint64), type=pa.uint64()),
+                "rows": pa.array(self.rows.astype(np.uint64), type=pa.uint64()),
+                "missing": pa.array(self.missing.astype(np.uint64), type=pa.uint64()),
+                "counts": pa.ListArray.from_arrays(
+                    pa.array(self.value_offsets.astype(np.int32), type=pa.int32()),
+                    pa.array(self.values.astype(np.uint64), type=pa.uint64()),
+                ),
+                "worker_id": pa.array([worker_id] * n, type=pa.string()),
+            }
+        )
+
+
+def window_table(rows: Sequence[HistogramRow] | DriftDeltas, worker_id: str) -> pa.Table:
+    """Closed windows as whole ``drift_deltas`` rows (source "", offsets 0): the key of a
+    window, so re-emitting it (after a seeded restart) replaces the earlier row."""
+    if isinstance(rows, DriftDeltas):
+        return dataclasses.replace(
+            rows, source="", first_offset=rows.rows * 0, last_offset=rows.rows * 0
+        ).table(worker_id)
+    n = len(rows)
+    lengths = np.array([len(r.counts) for r in rows], dtype=np.int64)
+    window_ms = rows[0].window_ms if rows else 1000
+    if any(r.window_ms != window_ms for r in rows):
+        raise ValueError("closed windows of different lengths in one table")
+    zeros = np.zeros(n, dtype=np.int64)
+    whole = DriftDeltas(
+        window_ms,
+        "",
+        np.array([r.model_version for r in rows], dtype=np.str_),
+        np.array([r.feature for r in rows], dtype=np.str_),
+        np.array([r.feature_index for r in rows], dtype=np.int16),
+        np.array([r.window_start_ms for r in rows], dtype=np.int64),
+        np.array([r.partition for r in rows], dtype=np.int64),
+        zeros,
+        zeros,
+        np.array([r.rows for r in rows], dtype=np.int64),
+        np.array([r.missing for r in rows], dtype=np.int64),
+        np.array([c for r in rows for c in r.counts], dtype=np.int64),
+        np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+    )
+    return whole.table(worker_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one batch did to the accumulator."""
+
+    deltas: DriftDeltas  # the counts it added, per (model, column, window, partition)
+    closed: DriftDeltas  # windows it closed, whole, oldest first (``histogram_rows()``)
+    late: int  # rows older than their partition's oldest open window: scored, not binned
+    future: int  # rows beyond the future limit: scored, not binned
+    binned: int  # rows counted in a window
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,15 +469,16 @@ class WindowDrift:
 
 
 def summarise(
-    rows: Sequence[HistogramRow], baselines: Mapping[str, Sequence[Baseline]]
+    rows: Sequence[HistogramRow] | DriftDeltas, baselines: Mapping[str, Sequence[Baseline]]
 ) -> list[WindowDrift]:
     """Statistics of the newest window per model among closed histogram rows, partitions
     of that window summed.
 
     For this worker's logs and gauges: it sees only its own partitions and only those
-    closed together, and a batch that catches up on a backlog closes thousands of
-    windows at once; ``drift_stats`` in ClickHouse has every window, every worker's.
+    closed together; ``drift_stats`` in ClickHouse has every window, every worker's.
     """
+    if isinstance(rows, DriftDeltas):
+        rows = _newest_windows(rows).histogram_rows()
     by_name = {(m, b.name): b for m, columns in baselines.items() for b in columns}
     newest: dict[str, int] = {}
     for r in rows:
@@ -231,142 +495,393 @@ def summarise(
         baseline = by_name.get((model, feature))
         if baseline is None:
             continue
-        psi = drift_statistics(counts, baseline.expected)[0]
-        floor, alert = baseline.noise_floor(n), baseline.alerts(psi, n)
-        out.append(WindowDrift(model, feature, start, n, psi, baseline.threshold, floor, alert))
+        value = drift_statistics(counts, baseline.expected)[0]
+        floor, alert = baseline.noise_floor(n), baseline.alerts(value, n)
+        out.append(WindowDrift(model, feature, start, n, value, baseline.threshold, floor, alert))
     return out
 
 
-@dataclass(slots=True)
-class DriftAccumulator:
-    """Bin counts per (partition, window, model) for the baselines of each model."""
+def _newest_windows(closed: DriftDeltas) -> DriftDeltas:
+    """The rows of each model's newest window (vectorised: a batch may close many)."""
+    if not len(closed):
+        return closed
+    models, model = np.unique(closed.model_version, return_inverse=True)
+    newest = np.full(len(models), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(newest, model, closed.window_start_ms)
+    return closed.take(np.flatnonzero(closed.window_start_ms == newest[model]))
 
-    window_ms: int
-    baselines: dict[str, list[Baseline]]  # model version → monitored columns
-    lateness_windows: int = 1
-    idle_windows: int = 10
-    windows: dict[WindowKey, _Window] = field(default_factory=dict)
-    _layouts: dict[str, tuple[list[Baseline], _Layout]] = field(default_factory=dict)
-    closed_before: dict[int, int] = field(default_factory=dict)  # partition → first open window
-    late_rows: int = 0
+
+# ---- the accumulator -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _ModelState:
+    """One model's open windows: [partition slot × ring cell × bin] counts."""
+
+    layout: _Layout
+    baselines: list[Baseline]
+    counts: NDArray[np.int64]  # [slots, ring, bins]
+    missing: NDArray[np.int64]  # [slots, ring, baselines]
+    rows: NDArray[np.int64]  # [slots, ring]
+
+    @classmethod
+    def new(cls, baselines: list[Baseline], slots: int, ring: int) -> _ModelState:
+        layout = _Layout.of(baselines)
+        return cls(
+            layout,
+            baselines,
+            np.zeros((slots, ring, layout.bins), dtype=np.int64),
+            np.zeros((slots, ring, layout.baselines), dtype=np.int64),
+            np.zeros((slots, ring), dtype=np.int64),
+        )
+
+    def grow(self, slots: int) -> None:
+        extra = slots - self.rows.shape[0]
+        if extra > 0:
+            ring = self.rows.shape[1]
+            self.counts = np.concatenate(
+                [self.counts, np.zeros((extra, ring, self.layout.bins), dtype=np.int64)]
+            )
+            self.missing = np.concatenate(
+                [self.missing, np.zeros((extra, ring, self.layout.baselines), dtype=np.int64)]
+            )
+            self.rows = np.concatenate([self.rows, np.zeros((extra, ring), dtype=np.int64)])
+
+
+class DriftAccumulator:
+    """Bin counts of the open windows of each partition, for the baselines of each model.
+
+    ``observe`` takes one scored batch: every row's valid-topic partition, event time and
+    (source) offset, the features as scored ([rows × model inputs]), the per-feature missing
+    mask (served from defaults), and each model's scores. See the module docstring for the
+    watermark, the ring of open windows, late and future rows, and why the cost is bounded.
+    """
+
+    def __init__(
+        self,
+        window_ms: int,
+        baselines: Mapping[str, list[Baseline]],
+        *,
+        lateness_windows: int = 1,
+        max_open_windows: int = 4,
+        max_future_ms: int = 60_000,
+        idle_windows: int = 10,
+    ) -> None:
+        if window_ms <= 0 or max_open_windows < 1 or lateness_windows < 0:
+            raise ValueError(
+                f"drift windows need window_ms > 0 ({window_ms}), max_open_windows >= 1 "
+                f"({max_open_windows}) and lateness_windows >= 0 ({lateness_windows})"
+            )
+        self.window_ms = window_ms
+        self.lateness_windows = lateness_windows
+        self.max_open_windows = max_open_windows
+        self.max_future_ms = max_future_ms
+        self.idle_windows = idle_windows
+        # Open windows per partition: the watermark's own and ``lateness`` before it, capped.
+        self.ring = min(lateness_windows + 1, max_open_windows)
+        self.late_rows = 0
+        self.future_rows = 0
+        self._partitions = np.zeros(0, dtype=np.int64)  # slot → partition
+        self._order = np.zeros(0, dtype=np.int64)  # slots sorted by partition
+        self._marks = np.zeros(0, dtype=np.int64)  # slot → watermark (ms), _NONE if none
+        self._tops = np.zeros(0, dtype=np.int64)  # slot → newest open window index
+        self._models: dict[str, _ModelState] = {}
+        self._pending: list[DriftDeltas] = []  # closed outside observe (a model dropped)
+        self.set_baselines(baselines)
+
+    # -- configuration ---------------------------------------------------------------------
+    @property
+    def baselines(self) -> dict[str, list[Baseline]]:
+        return {model: state.baselines for model, state in self._models.items()}
+
+    def set_baselines(self, baselines: Mapping[str, list[Baseline]]) -> None:
+        """Monitor these models; a model dropped (or re-laid out) has its open windows
+        closed, returned by the next ``observe``."""
+        slots = len(self._partitions)
+        models: dict[str, _ModelState] = {}
+        for model, columns in baselines.items():
+            if not columns:
+                continue
+            state = _ModelState.new(list(columns), slots, self.ring)
+            old = self._models.get(model)
+            if old is not None and old.layout.same_as(state.layout):
+                old.baselines = list(columns)
+                state = old
+            models[model] = state
+        for model, old in self._models.items():
+            if models.get(model) is not old:
+                everything = np.ones(old.rows.shape, dtype=np.bool_)
+                self._pending.append(self._windows(model, old, everything, self._tops))
+        self._models = models
 
     def window_of(self, event_ms: NDArray[np.int64]) -> NDArray[np.int64]:
         return (event_ms // self.window_ms) * self.window_ms
 
-    def known(self, partition: int, window_start: int, model: str) -> bool:
-        return (partition, window_start, model) in self.windows
+    # -- what is open -----------------------------------------------------------------------
+    def watermark(self, partition: int) -> int | None:
+        slot = self._slot(partition)
+        if slot is None or self._marks[slot] == _NONE:
+            return None
+        return int(self._marks[slot])
 
-    def is_closed(self, partition: int, window_start: int) -> bool:
-        return window_start < self.closed_before.get(partition, -(2**62))
+    def open_range(self, partition: int) -> tuple[int, int] | None:
+        """[first open window's start, newest open window's end) of ``partition``."""
+        slot = self._slot(partition)
+        if slot is None or self._tops[slot] == _NONE:
+            return None
+        top = int(self._tops[slot])
+        return (top - self.ring + 1) * self.window_ms, (top + 1) * self.window_ms
 
-    def add(
+    def open_windows(self, partition: int | None = None) -> int:
+        """Windows holding rows (of any model), for ``partition`` or all partitions."""
+        held = np.zeros((len(self._partitions), self.ring), dtype=np.bool_)
+        for state in self._models.values():
+            held |= state.rows > 0
+        if partition is None:
+            return int(held.sum())
+        slot = self._slot(partition)
+        return 0 if slot is None else int(held[slot].sum())
+
+    # -- one batch ---------------------------------------------------------------------------
+    def observe(
         self,
-        model: str,
         partitions: NDArray[np.int64],
         event_ms: NDArray[np.int64],
         features: NDArray[np.float32],
         feature_missing: NDArray[np.bool_],
+        scores: Mapping[str, NDArray[np.float32]],
+        *,
+        now_ms: int,
+        offsets: NDArray[np.int64] | None = None,
+        source: str = "",
+    ) -> Observation:
+        """Move the watermarks, close what left the ring, bin the batch; see the class."""
+        closed, self._pending = self._pending, []
+        n = len(event_ms)
+        if n == 0:
+            empty = DriftDeltas.empty(self.window_ms, source)
+            return Observation(empty, DriftDeltas.concat(closed, self.window_ms, ""), 0, 0, 0)
+        partitions = np.asarray(partitions, dtype=np.int64)
+        event_ms = np.asarray(event_ms, dtype=np.int64)
+        slots = self._slots_of(partitions)
+        future = event_ms > now_ms + self.max_future_ms
+        admissible = ~future
+        np.maximum.at(self._marks, slots[admissible], event_ms[admissible])
+        closed.append(self._advance())
+        index = event_ms // self.window_ms
+        late = admissible & (index <= self._tops[slots] - self.ring)
+        binned = admissible & ~late
+        n_late, n_future = int(late.sum()), int(future.sum())
+        self.late_rows += n_late
+        self.future_rows += n_future
+        first = last = None
+        if offsets is not None:
+            offsets = np.asarray(offsets, dtype=np.int64)
+            first = np.full(len(self._partitions), np.iinfo(np.int64).max, dtype=np.int64)
+            last = np.full(len(self._partitions), -1, dtype=np.int64)
+            np.minimum.at(first, slots, offsets)
+            np.maximum.at(last, slots, offsets)
+        cells = slots[binned] * self.ring + index[binned] % self.ring
+        parts = [
+            self._bin(
+                model,
+                state,
+                cells,
+                features[binned],
+                feature_missing[binned],
+                scores[model][binned],
+                first,
+                last,
+            )
+            for model, state in self._models.items()
+            if model in scores
+        ]
+        deltas = DriftDeltas.concat(parts, self.window_ms, source)
+        whole = DriftDeltas.concat(closed, self.window_ms, "")
+        return Observation(deltas, whole, n_late, n_future, int(binned.sum()))
+
+    def seed(
+        self,
+        model: str,
+        partition: int,
+        event_ms: NDArray[np.int64],
+        features: NDArray[np.float32],
+        feature_missing: NDArray[np.bool_],
         scores: NDArray[np.float32],
-    ) -> None:
-        """Add rows scored by ``model``: features [rows × model inputs] as scored, the
-        per-feature missing mask (served from defaults) and the model's scores."""
-        baselines = self.baselines.get(model)
-        if not baselines or len(event_ms) == 0:
-            return
-        layout = self.layout(model, baselines)
-        starts = self.window_of(event_ms)
-        keys = np.stack([partitions, starts], axis=1)
-        for partition, start in {(int(p), int(s)) for p, s in keys}:
-            rows = (partitions == partition) & (starts == start)
-            if self.is_closed(partition, start):
-                self.late_rows += int(rows.sum())
-                continue
-            window = self.windows.get((partition, start, model))
-            if window is None:
-                window = self.windows[(partition, start, model)] = _Window(
-                    np.zeros(layout.bins, dtype=np.int64),
-                    np.zeros(len(baselines), dtype=np.int64),
-                )
-            _accumulate(window, layout, features[rows], feature_missing[rows], scores[rows])
-
-    def layout(self, model: str, baselines: list[Baseline]) -> _Layout:
-        cached = self._layouts.get(model)
-        if cached is None or cached[0] is not baselines:
-            cached = self._layouts[model] = (baselines, _Layout.of(baselines))
-        return cached[1]
-
-    def close(self, watermarks: Mapping[int, int]) -> list[HistogramRow]:
-        """Emit and forget the windows event time has moved past.
-
-        Each partition keeps its own clock (its highest event time, ``watermarks``): its
-        windows close ``lateness_windows`` after their end, however far other partitions
-        are ahead. A partition that went quiet closes once the newest partition is
-        ``idle_windows`` past the window.
-        """
-        newest = max(watermarks.values(), default=0)
-        idle_horizon = newest - self.idle_windows * self.window_ms
-        out: list[HistogramRow] = []
-        for key in sorted(self.windows):
-            partition, start, model = key
-            own = watermarks.get(partition, 0) - self.lateness_windows * self.window_ms
-            end = start + self.window_ms
-            if end > own and end > idle_horizon:
-                continue
-            window = self.windows.pop(key)
-            self.closed_before[partition] = max(self.closed_before.get(partition, end), end)
-            out.extend(self._rows(model, start, partition, window))
-        return out
+    ) -> int:
+        """Add rows an earlier process already scored to ``partition``'s open windows (the
+        whole-window path after a restart); rows outside them are ignored. Returns rows added."""
+        state = self._models.get(model)
+        slot = self._slot(partition)
+        if state is None or slot is None or self._tops[slot] == _NONE:
+            return 0
+        index = np.asarray(event_ms, dtype=np.int64) // self.window_ms
+        top = self._tops[slot]
+        inside = (index > top - self.ring) & (index <= top)
+        cells = slot * self.ring + index[inside] % self.ring
+        self._bin(model, state, cells, features[inside], feature_missing[inside],
+                  scores[inside], None, None)  # fmt: skip
+        return int(inside.sum())
 
     def forget(self, partitions: Iterable[int]) -> None:
-        """Drop open windows of revoked partitions (their next owner seeds them)."""
-        gone = set(partitions)
-        for key in [k for k in self.windows if k[0] in gone]:
-            del self.windows[key]
-        for p in gone:
-            self.closed_before.pop(p, None)
+        """Drop the open windows and watermarks of ``partitions`` (revoked or re-assigned)."""
+        for partition in partitions:
+            slot = self._slot(partition)
+            if slot is None:
+                continue
+            self._marks[slot] = self._tops[slot] = _NONE
+            for state in self._models.values():
+                state.counts[slot] = 0
+                state.missing[slot] = 0
+                state.rows[slot] = 0
 
-    def _rows(self, model: str, start: int, partition: int, window: _Window) -> list[HistogramRow]:
-        offsets = self.layout(model, self.baselines[model]).offsets
-        return [
-            HistogramRow(
-                model,
-                b.name,
-                b.column,
-                start,
-                self.window_ms,
-                partition,
-                window.rows,
-                int(window.missing[i]),
-                window.counts[offsets[i] : offsets[i + 1]].tolist(),
+    # -- internals ------------------------------------------------------------------------------
+    def _slot(self, partition: int) -> int | None:
+        found = np.flatnonzero(self._partitions == partition)
+        return int(found[0]) if len(found) else None
+
+    def _slots_of(self, partitions: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Each row's partition slot; new partitions get one (a loop over new partitions
+        only: they come with assignments, not with rows)."""
+        known = self._partitions[self._order]
+        fresh = np.setdiff1d(partitions, known)
+        if len(fresh):
+            self._partitions = np.concatenate([self._partitions, fresh])
+            self._order = np.argsort(self._partitions, kind="stable")
+            none = np.full(len(fresh), _NONE, dtype=np.int64)
+            self._marks = np.concatenate([self._marks, none])
+            self._tops = np.concatenate([self._tops, none])
+            for state in self._models.values():
+                state.grow(len(self._partitions))
+            known = self._partitions[self._order]
+        return self._order[np.searchsorted(known, partitions)]
+
+    def _advance(self) -> DriftDeltas:
+        """Tops follow the watermarks (and the newest partition, for quiet ones); ring cells
+        whose window changes are closed, returned whole and cleared, oldest window first."""
+        seen = self._marks != _NONE
+        if not seen.any():
+            return DriftDeltas.empty(self.window_ms)
+        tops = np.where(seen, np.maximum(self._tops, self._marks // self.window_ms), _NONE)
+        behind = max(self.idle_windows + 1 - self.ring, 0)
+        tops = np.where(seen, np.maximum(tops, tops[seen].max() - behind), _NONE)
+        k = np.arange(self.ring)[None, :]
+        old, new = self._tops[:, None], tops[:, None]
+        moved = (old != _NONE) & (old - (old - k) % self.ring != new - (new - k) % self.ring)
+        closed = DriftDeltas.empty(self.window_ms)
+        if moved.any():
+            parts = []
+            for model, state in self._models.items():
+                parts.append(self._windows(model, state, moved, self._tops))
+                state.counts[moved] = 0
+                state.missing[moved] = 0
+                state.rows[moved] = 0
+            closed = DriftDeltas.concat(parts, self.window_ms, "")
+            # Oldest window first, then partition; lexsort is stable: model, column order.
+            closed = closed.take(np.lexsort((closed.partition, closed.window_start_ms)))
+        self._tops = tops
+        return closed
+
+    def _windows(
+        self, model: str, state: _ModelState, cells: NDArray[np.bool_], tops: NDArray[np.int64]
+    ) -> DriftDeltas:
+        """Whole windows of ``cells`` ([slots × ring] mask) that hold rows, columnar."""
+        flat = np.flatnonzero((cells & (state.rows > 0)).ravel())
+        zeros = np.zeros(len(self._partitions), dtype=np.int64)
+        return self._rows_of(
+            model,
+            state.layout,
+            flat,
+            state.rows.ravel(),
+            state.counts.reshape(-1, state.layout.bins),
+            state.missing.reshape(-1, state.layout.baselines),
+            tops,
+            zeros,
+            zeros,
+        )
+
+    def _rows_of(
+        self,
+        model: str,
+        layout: _Layout,
+        touched: NDArray[np.int64],
+        rows: NDArray[np.int64],
+        counts: NDArray[np.int64],
+        missing: NDArray[np.int64],
+        tops: NDArray[np.int64],
+        first: NDArray[np.int64],
+        last: NDArray[np.int64],
+    ) -> DriftDeltas:
+        """A row per (``touched`` ring cell, monitored column): ``rows``, ``counts`` and
+        ``missing`` are indexed by cell (slot × ring + k), the window follows from ``tops``."""
+        width = layout.baselines
+        slot, k = touched // self.ring, touched % self.ring
+        top = tops[slot]
+        starts = (top - (top - k) % self.ring) * self.window_ms
+        m = len(touched)
+        lengths = np.tile(layout.sizes, m)
+        return DriftDeltas(
+            self.window_ms,
+            "",
+            np.full(m * width, model),
+            np.tile(np.array(layout.names), m),
+            np.tile(layout.indices, m),
+            np.repeat(starts, width),
+            np.repeat(self._partitions[slot], width),
+            np.repeat(first[slot], width),
+            np.repeat(last[slot], width),
+            np.repeat(rows[touched], width),
+            missing[touched].ravel(),
+            counts[touched].ravel(),
+            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        )
+
+    def _bin(
+        self,
+        model: str,
+        state: _ModelState,
+        cells: NDArray[np.int64],
+        features: NDArray[np.float32],
+        missing: NDArray[np.bool_],
+        scores: NDArray[np.float32],
+        first: NDArray[np.int64] | None,
+        last: NDArray[np.int64] | None,
+    ) -> DriftDeltas:
+        """Count rows into their ring ``cells`` (slot × ring + cell) and return the deltas
+        (when ``first``/``last`` offsets per slot are given).
+
+        A value's bin is the number of edges at or below it (``searchsorted(side="right")``),
+        counted for every feature at once against the padded edge matrix; NaN (a missing
+        score) is in no bin. One ``bincount`` over (cell, bin) does every window at once.
+        """
+        layout = state.layout
+        n_cells = state.rows.size
+        size, width = layout.bins, layout.baselines
+        rows = np.bincount(cells, minlength=n_cells)
+        counts = np.zeros(n_cells * size, dtype=np.int64)
+        miss = np.zeros(n_cells * width, dtype=np.int64)
+        n = len(layout.columns)
+        if n:
+            x = features[:, layout.columns].astype(np.float64)
+            bins = (x[:, :, None] >= layout.edges[None, :, :]).sum(axis=2)
+            flat = cells[:, None] * size + bins + layout.offsets[None, :n]
+            counts += np.bincount(flat[~np.isnan(x)], minlength=n_cells * size)
+            where = cells[:, None] * width + np.arange(n)[None, :]
+            miss += np.bincount(where[missing[:, layout.columns]], minlength=n_cells * width)
+        if layout.score is not None:
+            finite = ~np.isnan(scores)
+            bins = np.searchsorted(layout.score.edges, scores[finite], side="right")
+            counts += np.bincount(
+                cells[finite] * size + bins + layout.offsets[n], minlength=n_cells * size
             )
-            for i, b in enumerate(self.baselines[model])
-        ]
-
-
-def _accumulate(
-    window: _Window,
-    layout: _Layout,
-    features: NDArray[np.float32],
-    missing: NDArray[np.bool_],
-    scores: NDArray[np.float32],
-) -> None:
-    """Bin ``features`` (rows × model inputs) and ``scores`` into ``window``.
-
-    A value's bin is the number of edges at or below it (``searchsorted(side="right")``),
-    counted for every feature at once against the padded edge matrix; NaN (a missing
-    score) is in no bin.
-    """
-    window.rows += len(scores)
-    n = len(layout.columns)
-    if n:
-        x = features[:, layout.columns].astype(np.float64)
-        bins = (x[:, :, None] >= layout.edges[None, :, :]).sum(axis=2)
-        flat = bins + layout.offsets[None, :n]
-        counted = flat[~np.isnan(x)]
-        window.counts += np.bincount(counted, minlength=layout.bins)
-        window.missing[:n] += missing[:, layout.columns].sum(axis=0)
-    if layout.score is not None:
-        finite = scores[~np.isnan(scores)]
-        bins = np.searchsorted(layout.score.edges, finite, side="right") + layout.offsets[n]
-        window.counts += np.bincount(bins, minlength=layout.bins)
-        window.missing[n] += int(np.isnan(scores).sum())
+            miss += np.bincount(cells[~finite] * width + n, minlength=n_cells * width)
+        counts_2d = counts.reshape(n_cells, size)
+        miss_2d = miss.reshape(n_cells, width)
+        state.rows += rows.reshape(state.rows.shape)
+        state.counts += counts_2d.reshape(state.counts.shape)
+        state.missing += miss_2d.reshape(state.missing.shape)
+        if first is None or last is None:
+            return DriftDeltas.empty(self.window_ms)
+        return self._rows_of(
+            model, layout, np.flatnonzero(rows), rows, counts_2d, miss_2d, self._tops, first, last
+        )

@@ -1,37 +1,62 @@
-"""The scoring agent's drift monitor: feeds the accumulator, seeds it after a restart, writes.
+"""The scoring stage's drift monitor: feeds the accumulator, hands out deltas or closed windows.
 
-``observe`` runs in the scoring thread on every batch; ``write`` inserts the histograms
-of the windows that closed, before the batch's predictions are inserted, so a crash
-never loses a closed window (see ``streams.monitoring.drift`` for why this is exact).
+Two ways to persist the counts (``emit``):
+
+* ``"deltas"`` (the sink stage): every batch's count deltas, keyed by the batch's
+  valid-topic coordinates, go to ``drift_deltas`` through the ClickHouse sink
+  (``observe_arrays(...).deltas`` or ``take_deltas()``); the ``drift_stats`` view sums
+  them. Nothing is read back after a restart: deltas add up, and a re-sent batch replaces
+  its own rows.
+* ``"windows"`` (the scoring agent that writes ClickHouse itself): ``write`` inserts the
+  windows that closed, whole, before the batch's predictions are inserted, so a crash
+  never loses a closed window; a restarted or newly assigned worker seeds a partition's
+  open windows from the ``predictions`` already in ClickHouse, and re-emitting a window
+  replaces the same key.
+
+Both modes close windows for this worker's logs and gauges (``summarise``). Late and future
+rows (see ``streams.monitoring.drift``) are counted in ``streamscore_events_total``
+(stage ``drift``) and logged at most once a minute.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
 from streams.clickhouse.gateway import ClickHouseGateway
+from streams.errors import ConfigError
 from streams.monitoring.drift import (
     Baseline,
     DriftAccumulator,
+    DriftDeltas,
     HistogramRow,
+    Observation,
     WindowDrift,
     model_baselines,
     summarise,
+    window_table,
 )
 from streams.scoring.modelset import ModelSet
 from streams.scoring.pipeline import DecodedBatch, ScoredEvents
 
+if TYPE_CHECKING:
+    from streams.monitoring.metrics import WorkerMetrics
+    from streams.settings import Settings
+
+__all__ = ["Baseline", "DriftMonitor", "Emit"]
+
 log = logging.getLogger("streams.monitoring.stream")
 
-_TS = pa.timestamp("ms", tz="UTC")
+Emit = Literal["windows", "deltas"]
+DELTAS_TABLE = "drift_deltas"
+_REPORT_EVERY_S = 60.0
 
 
 class DriftMonitor:
@@ -43,29 +68,86 @@ class DriftMonitor:
         *,
         window_seconds: int,
         lateness_windows: int = 1,
+        max_open_windows: int = 4,
+        max_future_s: float = 60.0,
         thresholds: Mapping[str, float],
         event_type: str,
         source_topic: str,
         entity_features: Sequence[int],
         entity_names: Sequence[str],
         worker_id: str,
+        emit: Emit = "windows",
+        valid_topic: str = "",
+        metrics: WorkerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        if emit == "deltas" and not valid_topic:
+            raise ConfigError(
+                "drift deltas are keyed by the valid topic's coordinates: "
+                "DriftMonitor(emit='deltas') needs valid_topic"
+            )
         self.gateway = gateway
         self.thresholds = dict(thresholds)
         self.event_type = event_type
         self.source_topic = source_topic  # the raw topic: predictions' ``topic``
+        self.valid_topic = valid_topic  # what delta offsets count
         self.entity_features = np.asarray(entity_features, dtype=np.int64)
         self.entity_names = list(entity_names)
         self.worker_id = worker_id
-        self.accumulator = DriftAccumulator(window_seconds * 1000, {}, lateness_windows)
+        self.emit: Emit = emit
+        self.metrics = metrics
+        self.clock = clock
+        self.accumulator = DriftAccumulator(
+            window_seconds * 1000,
+            {},
+            lateness_windows=lateness_windows,
+            max_open_windows=max_open_windows,
+            max_future_ms=int(max_future_s * 1000),
+        )
         self._unseeded: set[int] = set()
-        self._watermarks: dict[int, int] = {}
+        self._unsent: list[DriftDeltas] = []
+        self._unreported = [0, 0]  # late, future since the last log line
+        self._report_due = 0.0
 
+    @classmethod
+    def from_settings(
+        cls,
+        gateway: ClickHouseGateway,
+        settings: Settings,
+        *,
+        thresholds: Mapping[str, float],
+        event_type: str,
+        source_topic: str,
+        entity_features: Sequence[int],
+        entity_names: Sequence[str],
+        emit: Emit = "deltas",
+        valid_topic: str = "",
+        metrics: WorkerMetrics | None = None,
+    ) -> DriftMonitor:
+        """A monitor with the ``STREAMSCORE_DRIFT_*`` settings."""
+        return cls(
+            gateway,
+            window_seconds=settings.drift_window_seconds,
+            lateness_windows=settings.drift_lateness_windows,
+            max_open_windows=settings.drift_max_open_windows,
+            max_future_s=settings.drift_max_future_s,
+            thresholds=thresholds,
+            event_type=event_type,
+            source_topic=source_topic,
+            entity_features=entity_features,
+            entity_names=entity_names,
+            worker_id=settings.worker_id,
+            emit=emit,
+            valid_topic=valid_topic,
+            metrics=metrics,
+        )
+
+    # -- models and partitions -------------------------------------------------------------
     def set_models(self, models: ModelSet) -> None:
         """Monitor ``models`` (after a load or swap) and record their baselines."""
         scorers = [models.champion, *(c.scorer for c in models.challengers)]
         baselines = {s.model_id: model_baselines(s.metadata, self.thresholds) for s in scorers}
-        self.accumulator.baselines = baselines
+        self.accumulator.set_baselines(baselines)
         rows = [
             [
                 model,
@@ -88,35 +170,82 @@ class DriftMonitor:
             self.gateway.insert_columns("drift_baselines", list(zip(*rows, strict=True)), names)
 
     def assigned(self, partitions: Sequence[int]) -> None:
-        """Partitions (re)assigned to this worker: drop stale state, seed before adding."""
+        """Partitions (re)assigned to this worker: drop stale state (and, for whole
+        windows, seed them from ClickHouse on their first batch)."""
         self.accumulator.forget(partitions)
-        for partition in partitions:
-            self._watermarks.pop(partition, None)
-        self._unseeded.update(partitions)
+        if self.emit == "windows":
+            self._unseeded.update(partitions)
 
+    # -- batches ----------------------------------------------------------------------------
     def observe(self, batch: DecodedBatch, scored: ScoredEvents) -> list[HistogramRow]:
-        """Add a scored batch; return the rows of windows that closed."""
-        partitions = np.array([e.handoff_partition for e in batch.events], dtype=np.int64)
-        event_ms = batch.table.column("event_time").cast(pa.int64()).to_numpy()
-        fresh = self._unseeded.intersection(partitions.tolist())
-        for partition in sorted(fresh):
-            starts = self.accumulator.window_of(event_ms[partitions == partition])
-            first = (
-                int(starts.min()) - self.accumulator.lateness_windows * self.accumulator.window_ms
-            )
-            self._seed(partition, first, int(starts.max()) + self.accumulator.window_ms)
-            self._unseeded.discard(partition)
-        for m in scored.models:
-            self.accumulator.add(
-                m.model_id, partitions, event_ms, scored.features, scored.feature_missing, m.scores
-            )
-        marks = self._watermarks
-        for partition in np.unique(partitions).tolist():
-            newest = int(event_ms[partitions == partition].max())
-            marks[partition] = max(marks.get(partition, newest), newest)
-        return self.accumulator.close(marks)
+        """Add a scored batch; return the rows of windows that closed. With
+        ``emit="deltas"`` the batch's deltas wait for ``take_deltas``."""
+        observation = self.observe_batch(batch, scored)
+        if self.emit == "deltas" and len(observation.deltas):
+            self._unsent.append(observation.deltas)
+        return observation.closed.histogram_rows()
 
-    def summarise(self, rows: Sequence[HistogramRow]) -> list[WindowDrift]:
+    def observe_batch(self, batch: DecodedBatch, scored: ScoredEvents) -> Observation:
+        """``observe_arrays`` for a decoded batch of ``ValidEvent``."""
+        partitions = np.array([e.handoff_partition for e in batch.events], dtype=np.int64)
+        offsets = np.array([e.handoff_offset for e in batch.events], dtype=np.int64)
+        event_ms = batch.table.column("event_time").cast(pa.int64()).to_numpy()
+        return self.observe_arrays(
+            partitions,
+            offsets,
+            event_ms,
+            scored.features,
+            scored.feature_missing,
+            {m.model_id: m.scores for m in scored.models},
+        )
+
+    def observe_arrays(
+        self,
+        partitions: NDArray[np.int64],
+        offsets: NDArray[np.int64],
+        event_ms: NDArray[np.int64],
+        features: NDArray[np.float32],
+        feature_missing: NDArray[np.bool_],
+        scores: Mapping[str, NDArray[np.float32]],
+    ) -> Observation:
+        """Add one scored batch, columnar: per row its valid-topic partition and offset and
+        its event time (ms); the features as scored, the missing mask, each model's scores.
+
+        The result's ``deltas`` are this batch's ``drift_deltas`` rows
+        (``delta_table(observation)``); ``closed`` the windows it closed, for ``summarise``.
+        """
+        observation = self.accumulator.observe(
+            partitions,
+            event_ms,
+            features,
+            feature_missing,
+            scores,
+            now_ms=int(self.clock() * 1000),
+            offsets=offsets,
+            source=self.valid_topic,
+        )
+        self._count(observation)
+        if self._unseeded:
+            fresh = self._unseeded.intersection(np.unique(partitions).tolist())
+            for partition in sorted(fresh):
+                self._seed(partition)
+                self._unseeded.discard(partition)
+        return observation
+
+    def delta_table(self, observation: Observation) -> pa.Table:
+        """The batch's ``drift_deltas`` rows, for the sink to insert (with other batches')."""
+        return observation.deltas.table(self.worker_id)
+
+    def take_deltas(self) -> pa.Table | None:
+        """The ``drift_deltas`` rows of every batch ``observe`` took since the last call
+        (``emit="deltas"``), as one table; None when there are none."""
+        if not self._unsent:
+            return None
+        parts, self._unsent = self._unsent, []
+        window_ms = self.accumulator.window_ms
+        return DriftDeltas.concat(parts, window_ms, self.valid_topic).table(self.worker_id)
+
+    def summarise(self, rows: Sequence[HistogramRow] | DriftDeltas) -> list[WindowDrift]:
         """PSI and alert of the newest window per model among ``rows``; logs each alert."""
         out = summarise(rows, self.accumulator.baselines)
         for w in out:
@@ -134,30 +263,48 @@ class DriftMonitor:
                 )  # fmt: skip
         return out
 
-    def write(self, rows: Sequence[HistogramRow]) -> None:
-        if not rows:
-            return
-        flushed = int(time.time() * 1000)
-        starts = pa.array([r.window_start_ms for r in rows], type=pa.int64())
-        table = pa.table(
-            {
-                "model_version": [r.model_version for r in rows],
-                "feature": [r.feature for r in rows],
-                "feature_index": pa.array([r.feature_index for r in rows], type=pa.int16()),
-                "window_start": starts.cast(_TS),
-                "window_seconds": pa.array([r.window_ms // 1000 for r in rows], type=pa.uint32()),
-                "partition": pa.array([r.partition for r in rows], type=pa.uint16()),
-                "rows": pa.array([r.rows for r in rows], type=pa.uint64()),
-                "missing": pa.array([r.missing for r in rows], type=pa.uint64()),
-                "counts": pa.array([r.counts for r in rows], type=pa.list_(pa.uint64())),
-                "worker_id": [self.worker_id] * len(rows),
-                "flushed_at": pa.array([flushed] * len(rows), type=pa.int64()).cast(_TS),
-            }
-        )
-        self.gateway.insert_arrow("drift_histograms", table)
+    # -- writes -------------------------------------------------------------------------------
+    def write(self, rows: Sequence[HistogramRow] | DriftDeltas) -> None:
+        """Insert closed windows whole (``emit="windows"``)."""
+        if self.emit != "windows":
+            raise ConfigError(
+                "this drift monitor emits deltas (the sink writes them): writing closed "
+                "windows too would count every row twice in drift_stats"
+            )
+        if len(rows):
+            self.gateway.insert_arrow(DELTAS_TABLE, window_table(rows, self.worker_id))
 
-    def _seed(self, partition: int, start_ms: int, end_ms: int) -> None:
-        """Add what earlier processes already scored in [start, end) of ``partition``."""
+    def write_deltas(self, table: pa.Table, token: str) -> None:
+        """Insert delta rows with the batch's deduplication token (a stage that writes
+        ClickHouse itself; the sink stage inserts ``delta_table`` rows in bulk)."""
+        if table.num_rows:
+            dedup = {"insert_deduplicate": 1, "insert_deduplication_token": token}
+            self.gateway.insert_arrow(DELTAS_TABLE, table, settings=dedup)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _count(self, observation: Observation) -> None:
+        late, future = observation.late, observation.future
+        if self.metrics is not None:
+            self.metrics.count("drift", "late", late)
+            self.metrics.count("drift", "future", future)
+        self._unreported[0] += late
+        self._unreported[1] += future
+        now = time.monotonic()
+        if any(self._unreported) and now >= self._report_due:
+            self._report_due = now + _REPORT_EVERY_S
+            log.warning(
+                "drift: %d late and %d future rows scored but in no window "
+                "(%d and %d since start); windows open per partition at most %d",
+                *self._unreported, self.accumulator.late_rows, self.accumulator.future_rows,
+                self.accumulator.ring,
+            )  # fmt: skip
+            self._unreported = [0, 0]
+
+    def _seed(self, partition: int) -> None:
+        """Add what earlier processes already scored to ``partition``'s open windows."""
+        span = self.accumulator.open_range(partition)
+        if span is None:
+            return
         table = self.gateway.table("predictions")
         result = self.gateway.query(
             "select model_version, toUnixTimestamp64Milli(event_time), features, score, "  # noqa: S608 - checked identifier
@@ -170,8 +317,8 @@ class DriftMonitor:
                 "s": self.source_topic,
                 "t": self.event_type,
                 "p": partition,
-                "a": start_ms,
-                "b": end_ms,
+                "a": span[0],
+                "b": span[1],
             },
         )
         rows = result.result_rows
@@ -183,9 +330,9 @@ class DriftMonitor:
         for model, items in by_model.items():
             x = np.array([r[2] for r in items], dtype=np.float32)
             missing = self._missing([list(r[4]) for r in items], x.shape)
-            self.accumulator.add(
+            self.accumulator.seed(
                 model,
-                np.full(len(items), partition, dtype=np.int64),
+                partition,
                 np.array([r[1] for r in items], dtype=np.int64),
                 x,
                 missing,
@@ -203,9 +350,6 @@ class DriftMonitor:
                     j = self.entity_names.index(name)
                     out[i, bounds[j] : bounds[j + 1]] = True
         return out
-
-
-__all__ = ["Baseline", "DriftMonitor"]
 
 
 def _iso(ms: int) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from streams.clickhouse.client import quote_identifier
 from streams.errors import ModelError
+from streams.monitoring.drift import SCORE, psi
 from streams.report.source import Rows, table_exists
 from streams.scoring.metadata import ModelMetadata
 
@@ -24,7 +25,7 @@ DECISIONS = ("approve", "review", "decline")
 UNIFORM_BINS = 20
 PERCENTILES = (0.5, 0.9, 0.99)
 TOP_FEATURES = 6
-SCORE_FEATURE = "__score__"  # the drift code's pseudo-feature for the score
+SCORE_FEATURE = SCORE  # the drift code's pseudo-feature for the score
 # PSI rules of thumb, drawn on the drift charts.
 PSI_WATCH, PSI_ALERT = 0.1, 0.25
 _WINDOW = (
@@ -123,15 +124,6 @@ class ReportData:
 
 
 # ---- helpers -------------------------------------------------------------------------
-
-
-def psi(live: Sequence[float], expected: Sequence[float], epsilon: float = 1e-4) -> float:
-    """Population stability index Σ (p − q) · ln(p / q), proportions floored at ``epsilon``."""
-    total = 0.0
-    for p, q in zip(live, expected, strict=True):
-        p, q = max(p, epsilon), max(q, epsilon)
-        total += (p - q) * math.log(p / q)
-    return total
 
 
 def proportions(counts: Sequence[int]) -> tuple[float, ...]:
@@ -265,7 +257,10 @@ def _score_distribution(
         live=live,
         baseline=baseline,
         events=events,
-        psi=psi(live, baseline) if baseline is not None and events > 0 else None,
+        # The drift code's PSI (streams.monitoring.drift.psi, as drift_stats computes it),
+        # on the same bins: the champion's score baseline, a value in the bin of the
+        # edges at or below it.
+        psi=psi(counts, baseline) if baseline is not None and events > 0 else None,
         baseline_source=source,
     )
 

@@ -5,30 +5,44 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.stats import chi2
 
 from streams.monitoring.drift import (
     Baseline,
     DriftAccumulator,
     HistogramRow,
+    Observation,
     chi2_quantile,
     drift_statistics,
+    psi,
     summarise,
 )
+
+MINUTE = 60_000
+NOW = 10**12  # the wall clock the tests pass: far ahead of their event times
 
 
 def test_statistics_are_zero_for_the_baseline_and_grow_with_a_shift() -> None:
     expected = np.array([0.25, 0.25, 0.25, 0.25])
     same = drift_statistics(np.array([250, 250, 250, 250]), expected)
     assert same == (0.0, 0.0, 0.0)
-    psi, ks, js = drift_statistics(np.array([100, 100, 300, 500]), expected)
+    value, ks, js = drift_statistics(np.array([100, 100, 300, 500]), expected)
     p = np.array([0.1, 0.1, 0.3, 0.5])
-    assert math.isclose(psi, float(np.sum((p - expected) * np.log(p / expected))), rel_tol=1e-9)
+    assert math.isclose(value, float(np.sum((p - expected) * np.log(p / expected))), rel_tol=1e-9)
     assert math.isclose(ks, 0.3, rel_tol=1e-9)  # CDFs 0.1/0.25, 0.2/0.5 → max gap 0.3
     assert 0 < js < 1
     # An empty bin is floored, not infinite.
     assert math.isfinite(drift_statistics(np.array([0, 0, 0, 10]), expected)[0])
     assert drift_statistics(np.array([0, 0, 0, 0]), expected) == (0.0, 0.0, 0.0)
+
+
+def test_psi_takes_counts_or_proportions_alike() -> None:
+    expected = np.array([0.5, 0.3, 0.2, 0.0])
+    counts = np.array([40, 40, 20, 0])
+    assert psi(counts, expected) == drift_statistics(counts, expected)[0]
+    assert math.isclose(psi(counts / counts.sum(), expected), psi(counts, expected), rel_tol=1e-12)
+    assert psi(counts, expected) > 0 and psi([0, 0, 0, 0], expected) == 0.0
 
 
 def baselines() -> dict[str, list[Baseline]]:
@@ -42,26 +56,60 @@ def baselines() -> dict[str, list[Baseline]]:
     }
 
 
+def observe(
+    acc: DriftAccumulator,
+    partitions: list[int],
+    event_ms: list[int],
+    values: list[float] | None = None,
+    *,
+    now_ms: int = NOW,
+    offsets: list[int] | None = None,
+) -> Observation:
+    """One batch of model "m" with one feature; the score equals the feature."""
+    n = len(event_ms)
+    x = np.array(values if values is not None else [5.0] * n, dtype=np.float32)[:, None]
+    return acc.observe(
+        np.array(partitions, dtype=np.int64),
+        np.array(event_ms, dtype=np.int64),
+        x,
+        np.zeros((n, 1), dtype=np.bool_),
+        {"m": x[:, 0].copy()},
+        now_ms=now_ms,
+        offsets=None if offsets is None else np.array(offsets, dtype=np.int64),
+        source="valid",
+    )
+
+
 def test_windows_close_on_each_partitions_own_clock_and_late_rows_are_counted() -> None:
-    acc = DriftAccumulator(60_000, baselines(), lateness_windows=1, idle_windows=10)
+    acc = DriftAccumulator(MINUTE, baselines(), lateness_windows=1, idle_windows=10)
     x = np.array([[5.0], [15.0], [-1.0], [5.0]], dtype=np.float32)
     missing = np.array([[False], [False], [True], [False]])
     scores = np.array([1.0, 2.0, np.nan, 3.0], dtype=np.float32)
-    acc.add("m", np.array([0, 0, 0, 1]), np.array([1_000, 2_000, 3_000, 4_000]), x, missing, scores)
-    # Partition 0 moved two windows on; partition 1 has not: only partition 0's window closes.
-    rows = acc.close({0: 125_000, 1: 4_000})
+    first = acc.observe(
+        np.array([0, 0, 0, 1]),
+        np.array([1_000, 2_000, 3_000, 4_000]),
+        x,
+        missing,
+        {"m": scores},
+        now_ms=NOW,
+    )
+    assert len(first.closed) == 0 and (first.binned, first.late, first.future) == (4, 0, 0)
+    # Partition 0 moves two windows on; partition 1 does not: only partition 0's window closes.
+    moved = observe(acc, [0], [125_000])
+    rows = moved.closed.histogram_rows()
     assert {(r.partition, r.feature) for r in rows} == {(0, "amount"), (0, "__score__")}
     amount = next(r for r in rows if r.feature == "amount")
     assert (amount.rows, amount.missing, amount.counts) == (3, 1, [1, 1, 1])
     score = next(r for r in rows if r.feature == "__score__")
     assert (score.missing, score.counts) == (1, [0, 2, 0])  # the NaN score is missing
     # A row for the closed window is late: counted, not added.
-    acc.add("m", np.array([0]), np.array([5_000]), x[:1], missing[:1], scores[:1])
-    assert acc.late_rows == 1
+    late = observe(acc, [0], [5_000])
+    assert (late.late, late.binned, acc.late_rows) == (1, 0, 1)
     # Partition 1 went quiet: it closes once the newest partition is 10 windows on.
-    assert acc.close({0: 125_000, 1: 4_000}) == []
-    late = acc.close({0: 4_000 + 11 * 60_000, 1: 4_000})
-    assert {r.partition for r in late} == {1}
+    quiet = observe(acc, [0], [4_000 + 10 * MINUTE])
+    assert set(quiet.closed.partition.tolist()) == {0}
+    idle = observe(acc, [0], [4_000 + 11 * MINUTE])
+    assert set(idle.closed.partition.tolist()) == {1}
 
 
 def test_chi2_quantile_is_close_to_the_exact_value() -> None:
@@ -116,15 +164,17 @@ def test_summarise_sums_partitions_of_a_window_and_applies_the_alert_rule() -> N
     assert not newest.alert  # a large shift, but 150 rows are too few to alert
     [both] = summarise(rows[:2], {"m": [baseline]})
     assert (both.window_start_ms, both.rows) == (60_000, 300)  # partitions summed
-    psi = drift_statistics(np.array([0, 0, 100, 200]), expected)[0]
-    assert math.isclose(both.psi, psi) and both.psi > 1
+    value = drift_statistics(np.array([0, 0, 100, 200]), expected)[0]
+    assert math.isclose(both.psi, value) and both.psi > 1
     assert both.alert
     assert both.noise_floor == baseline.noise_floor(300)
 
 
-def test_batch_binning_matches_searchsorted_per_column() -> None:
+def _binning_case() -> tuple[
+    list[Baseline], NDArray[np.float32], NDArray[np.bool_], NDArray[np.float32]
+]:
     rng = np.random.default_rng(5)
-    baselines = [
+    columns = [
         Baseline("a", 0, np.array([-1.0, 0.0, 1.0]), np.full(4, 0.25), 0.2),
         Baseline("b", 2, np.array([0.5]), np.full(2, 0.5), 0.2),  # fewer edges: padded
         Baseline("c", 1, np.array([0.0, 1.0, 2.0, 3.0, 4.0]), np.full(6, 1 / 6), 0.2),
@@ -137,13 +187,24 @@ def test_batch_binning_matches_searchsorted_per_column() -> None:
     missing[::13, 1] = True
     scores = rng.uniform(0, 1, 500).astype(np.float32)
     scores[::17] = np.nan
-    acc = DriftAccumulator(60_000, {"m": baselines})
-    acc.add("m", np.zeros(500, dtype=np.int64), np.zeros(500, dtype=np.int64), x, missing, scores)
-    rows = {r.feature: r for r in acc.close({0: 10 * 60_000})}
-    for b in baselines:
+    return columns, x, missing, scores
+
+
+def test_batch_binning_matches_searchsorted_per_column() -> None:
+    columns, x, missing, scores = _binning_case()
+    acc = DriftAccumulator(MINUTE, {"m": columns})
+    zeros = np.zeros(500, dtype=np.int64)
+    acc.observe(zeros, zeros, x, missing, {"m": scores}, now_ms=NOW)
+    later = np.array([10 * MINUTE])
+    closed = acc.observe(
+        np.zeros(1, dtype=np.int64), later, x[:1], missing[:1], {"m": scores[:1]}, now_ms=NOW
+    ).closed
+    rows = {r.feature: r for r in closed.histogram_rows()}
+    for b in columns:
         values = scores if b.column < 0 else x[:, b.column]
         finite = values[~np.isnan(values)]
         want = np.bincount(np.searchsorted(b.edges, finite, side="right"), minlength=b.bins)
         assert rows[b.name].counts == want.tolist(), b.name
+        assert rows[b.name].feature_index == b.column
     assert rows["c"].missing == 39 and rows["__score__"].missing == 30
     assert {r.rows for r in rows.values()} == {500}
