@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -330,13 +331,8 @@ def _watch(
     worker: subprocess.Popen[bytes],
     expected: int,
     timeout: float,
-    decisions: list[float] | None = None,
 ) -> tuple[int, int, int, float]:
-    """Count decisions until ``expected``: (seen, first ms, last ms, peak RSS MB).
-
-    With ``decisions``, each decision's latency (its raw record's produce time → received
-    here, ms) is appended to it.
-    """
+    """Count decisions until ``expected``: (seen, first ms, last ms, peak RSS MB)."""
     from streams.kafka import make_consumer
     from streams.topics import PREDICTIONS, topic_name
 
@@ -349,16 +345,10 @@ def _watch(
         while seen < expected and time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with {worker.returncode}")
-            got = consumer.consume(num_messages=10_000, timeout=0.05 if decisions else 0.5)
-            received_ms = time.time() * 1000
-            for message in got:
+            for message in consumer.consume(num_messages=10_000, timeout=0.5):
                 if message.error() is not None:
                     continue
                 seen += 1
-                if decisions is not None:
-                    produced = orjson.loads(message.value() or b"{}").get("produced_at_ms")
-                    if produced is not None:
-                        decisions.append(received_ms - float(produced))
                 stamp = message.timestamp()[1]
                 first_ms = stamp if not first_ms else min(first_ms, stamp)
                 last_ms = max(last_ms, stamp)
@@ -368,6 +358,44 @@ def _watch(
     if seen < expected:
         raise RuntimeError(f"only {seen:,} of {expected:,} events scored within {timeout:.0f}s")
     return seen, first_ms, last_ms, peak / 2**20
+
+
+class DecisionClock(threading.Thread):
+    """Reads the decisions topic while events are produced: per decision, its raw record's
+    produce time → received here (ms). ``ready`` is set once partitions are assigned."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.latencies: list[float] = []
+        self.ready = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from streams.kafka import make_consumer
+        from streams.topics import PREDICTIONS, topic_name
+
+        consumer = make_consumer(self.settings, f"bench-decisions-{uuid.uuid4().hex[:8]}")
+        consumer.subscribe(
+            [topic_name(self.settings, PREDICTIONS)], on_assign=lambda *_: self.ready.set()
+        )
+        try:
+            while not self.done.is_set():
+                got = consumer.consume(num_messages=10_000, timeout=0.02)
+                received_ms = time.time() * 1000
+                for message in got:
+                    if message.error() is None:
+                        body = orjson.loads(message.value() or b"{}")
+                        self.latencies.append(received_ms - float(body["produced_at_ms"]))
+        finally:
+            consumer.close()
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.latencies) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.done.set()
+        self.join(30)
 
 
 def _query(settings: Settings, sql: str, topic: str) -> list[Sequence[Any]]:
@@ -433,13 +461,17 @@ def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, 
         # generated before the clock runs, on the event clock of the rate asked for
         source = iter(list(_take(records(accounts, event_rate=rate), count)))
         worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS)
-        decisions: list[float] = []
+        clock = DecisionClock(run)
         try:
             wait_for_groups(run, ("ingest", "score", "sink", "dlq"), worker, log)
+            clock.start()
+            if not clock.ready.wait(60):
+                raise RuntimeError("the decisions consumer got no partitions within 60 s")
             valid, took = produce(run, source, count, rate)
-            _watch(run, worker, valid, timeout=600, decisions=decisions)
+            clock.wait_for(valid, timeout=600)
             time.sleep(3 * run.sink_flush_seconds)  # the last rows reach ClickHouse
         finally:
+            clock.done.set()
             stop_worker(worker)
         rows = _query(
             settings,
@@ -452,7 +484,7 @@ def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, 
         result.latency_achieved = count / took
         result.latency_events = len(values)
         result.latency_ms = latency_summary(values)
-        result.decision_ms = latency_summary(decisions)
+        result.decision_ms = latency_summary(clock.latencies)
         result.inserts_per_s = max(
             inserts_per_second(settings, table, raw_topic(run)) for table in SINK_TABLES
         )
