@@ -12,6 +12,7 @@ _EXTERNAL = {
     "scorer": "streams.bench.scorer:scorer",
     "features": "streams.bench.features:features",
     "e2e": "streams.bench.e2e:e2e",
+    "drift": "streams.bench.drift:drift",
 }
 
 

@@ -222,13 +222,15 @@ class _Layout:
     """A model's baselines as arrays, so one batch is binned in a few numpy calls."""
 
     columns: NDArray[np.int64]  # model input column of each feature baseline
-    edges: NDArray[np.float64]  # [features × most edges], padded with +inf
+    edges: NDArray[np.float64]  # [features × most edges], padded with NaN (in no comparison)
+    edges32: NDArray[np.float32]  # the same as the smallest float32 at or above each edge
     offsets: NDArray[np.int64]  # where each baseline's bins start in the flat counts
     sizes: NDArray[np.int64]  # bins of each baseline
     bins: int  # all bins, the score's included
     score: Baseline | None
     names: tuple[str, ...]
     indices: NDArray[np.int16]  # each baseline's column (-1: the score)
+    key: bytes  # equal for layouts that bin features alike (a champion and its shadow)
 
     @classmethod
     def of(cls, baselines: Sequence[Baseline]) -> _Layout:
@@ -237,21 +239,29 @@ class _Layout:
         if score is not None and baselines[-1] is not score:
             raise ValueError("the score's baseline must come last (see model_baselines)")
         width = max((len(b.edges) for b in features), default=0)
-        edges = np.full((len(features), max(width, 1)), np.inf)
+        edges = np.full((len(features), max(width, 1)), np.nan)
         for i, b in enumerate(features):
             edges[i, : len(b.edges)] = b.edges
+        # For a float32 value v, v >= e exactly when v >= the smallest float32 >= e: the
+        # features are compared in float32, without a float64 copy of the batch.
+        edges32 = edges.astype(np.float32)
+        below = edges32.astype(np.float64) < edges
+        edges32[below] = np.nextafter(edges32[below], np.float32(np.inf))
         sizes = np.array([b.bins for b in baselines], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         columns = np.array([b.column for b in features], dtype=np.int64)
+        key = columns.tobytes() + edges.tobytes() + sizes[: len(features)].tobytes()
         return cls(
             columns,
             edges,
+            edges32,
             offsets,
             sizes,
             int(offsets[-1]),
             score,
             tuple(b.name for b in baselines),
             np.array([b.column for b in baselines], dtype=np.int16),
+            key,
         )
 
     @property
@@ -261,10 +271,20 @@ class _Layout:
     def same_as(self, other: _Layout) -> bool:
         return (
             self.names == other.names
+            and self.key == other.key
             and np.array_equal(self.sizes, other.sizes)
-            and np.array_equal(self.columns, other.columns)
-            and np.array_equal(self.edges, other.edges)
         )
+
+    def feature_bins(self, features: NDArray[np.floating[Any]]) -> NDArray[np.integer[Any]]:
+        """Each value's bin, [rows × feature baselines]: the number of edges at or below it
+        (``searchsorted(side="right")``), one comparison pass per edge over every feature
+        at once (a loop over at most the widest baseline's edges, never over rows)."""
+        x = features[:, self.columns]
+        edges = self.edges32 if x.dtype == np.float32 else self.edges
+        out = np.zeros(x.shape, dtype=np.uint8 if edges.shape[1] < 255 else np.int32)
+        for e in range(edges.shape[1]):
+            np.add(out, x >= edges[:, e], out=out, casting="unsafe")
+        return out
 
 
 # ---- what a batch yields -------------------------------------------------------------------
@@ -682,16 +702,19 @@ class DriftAccumulator:
             np.minimum.at(first, slots, offsets)
             np.maximum.at(last, slots, offsets)
         cells = slots[binned] * self.ring + index[binned] % self.ring
+        kept, kept_missing = features[binned], feature_missing[binned]
+        shared: dict[bytes, tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
         parts = [
             self._bin(
                 model,
                 state,
                 cells,
-                features[binned],
-                feature_missing[binned],
+                kept,
+                kept_missing,
                 scores[model][binned],
                 first,
                 last,
+                shared,
             )
             for model, state in self._models.items()
             if model in scores
@@ -846,42 +869,51 @@ class DriftAccumulator:
         scores: NDArray[np.float32],
         first: NDArray[np.int64] | None,
         last: NDArray[np.int64] | None,
+        shared: dict[bytes, tuple[NDArray[np.int64], NDArray[np.int64]]] | None = None,
     ) -> DriftDeltas:
         """Count rows into their ring ``cells`` (slot × ring + cell) and return the deltas
         (when ``first``/``last`` offsets per slot are given).
 
-        A value's bin is the number of edges at or below it (``searchsorted(side="right")``),
-        counted for every feature at once against the padded edge matrix; NaN (a missing
-        score) is in no bin. One ``bincount`` over (cell, bin) does every window at once.
+        Features go through ``_Layout.feature_bins``; NaN (a missing score) is in no bin.
+        One ``bincount`` over (cell, bin) does every window at once. Models whose layouts
+        bin features alike share that work through ``shared`` (one batch's cache).
         """
         layout = state.layout
         n_cells = state.rows.size
         size, width = layout.bins, layout.baselines
-        rows = np.bincount(cells, minlength=n_cells)
-        counts = np.zeros(n_cells * size, dtype=np.int64)
-        miss = np.zeros(n_cells * width, dtype=np.int64)
         n = len(layout.columns)
+        rows = np.bincount(cells, minlength=n_cells)
+        counts = np.zeros((n_cells, size), dtype=np.int64)
+        miss = np.zeros((n_cells, width), dtype=np.int64)
         if n:
-            x = features[:, layout.columns].astype(np.float64)
-            bins = (x[:, :, None] >= layout.edges[None, :, :]).sum(axis=2)
-            flat = cells[:, None] * size + bins + layout.offsets[None, :n]
-            counts += np.bincount(flat[~np.isnan(x)], minlength=n_cells * size)
-            where = cells[:, None] * width + np.arange(n)[None, :]
-            miss += np.bincount(where[missing[:, layout.columns]], minlength=n_cells * width)
+            found = shared.get(layout.key) if shared is not None else None
+            if found is None:
+                fsize = int(layout.offsets[n])
+                flat = cells[:, None] * fsize + layout.offsets[None, :n]
+                flat = flat + layout.feature_bins(features)
+                counted = np.bincount(
+                    flat[~np.isnan(features[:, layout.columns])], minlength=n_cells * fsize
+                )
+                where = cells[:, None] * n + np.arange(n)[None, :]
+                served = np.bincount(where[missing[:, layout.columns]], minlength=n_cells * n)
+                found = counted.reshape(n_cells, fsize), served.reshape(n_cells, n)
+                if shared is not None:
+                    shared[layout.key] = found
+            counts[:, : found[0].shape[1]] = found[0]
+            miss[:, :n] = found[1]
         if layout.score is not None:
             finite = ~np.isnan(scores)
             bins = np.searchsorted(layout.score.edges, scores[finite], side="right")
-            counts += np.bincount(
-                cells[finite] * size + bins + layout.offsets[n], minlength=n_cells * size
-            )
-            miss += np.bincount(cells[~finite] * width + n, minlength=n_cells * width)
-        counts_2d = counts.reshape(n_cells, size)
-        miss_2d = miss.reshape(n_cells, width)
+            score_bins = layout.score.bins
+            counts[:, layout.offsets[n] :] = np.bincount(
+                cells[finite] * score_bins + bins, minlength=n_cells * score_bins
+            ).reshape(n_cells, score_bins)
+            miss[:, n] = np.bincount(cells[~finite], minlength=n_cells)
         state.rows += rows.reshape(state.rows.shape)
-        state.counts += counts_2d.reshape(state.counts.shape)
-        state.missing += miss_2d.reshape(state.missing.shape)
+        state.counts += counts.reshape(state.counts.shape)
+        state.missing += miss.reshape(state.missing.shape)
         if first is None or last is None:
             return DriftDeltas.empty(self.window_ms)
         return self._rows_of(
-            model, layout, np.flatnonzero(rows), rows, counts_2d, miss_2d, self._tops, first, last
+            model, layout, np.flatnonzero(rows), rows, counts, miss, self._tops, first, last
         )

@@ -208,3 +208,34 @@ def test_batch_binning_matches_searchsorted_per_column() -> None:
         assert rows[b.name].feature_index == b.column
     assert rows["c"].missing == 39 and rows["__score__"].missing == 30
     assert {r.rows for r in rows.values()} == {500}
+
+
+def test_float32_features_bin_exactly_as_float64_comparisons() -> None:
+    """Features are compared in float32 against each edge's float32 ceiling: the same
+    bins as comparing in float64, also next to edges float32 cannot represent."""
+    edges = np.array([-0.1, 0.0, 0.1, 1 / 3, 1e-8])[[0, 1, 4, 2, 3]]  # sorted
+    values = []
+    for e in edges:
+        f = np.float32(e)
+        values += [f, np.nextafter(f, np.float32(-np.inf)), np.nextafter(f, np.float32(np.inf))]
+    values += [np.float32(-0.0), np.float32(np.inf), np.float32(-np.inf), np.float32(5.0)]
+    x = np.array(values, dtype=np.float32)
+    n = len(x)
+    columns = [
+        Baseline("a", 0, edges, np.full(len(edges) + 1, 1 / (len(edges) + 1)), 0.2),
+        Baseline("b", 1, edges[:2], np.full(3, 1 / 3), 0.2),  # padded: +inf lands in its top bin
+    ]
+    acc = DriftAccumulator(MINUTE, {"m": columns})
+    features = np.stack([x, x], axis=1)
+    zeros = np.zeros(n, dtype=np.int64)
+    acc.observe(zeros, zeros, features, np.zeros((n, 2), np.bool_), {"m": x}, now_ms=NOW)
+    closed = acc.observe(
+        zeros[:1], zeros[:1] + 10 * MINUTE, features[:1], np.zeros((1, 2), np.bool_),
+        {"m": x[:1]}, now_ms=NOW,
+    ).closed.histogram_rows()  # fmt: skip
+    rows = {r.feature: r.counts for r in closed}
+    for b in columns:
+        want = np.bincount(
+            np.searchsorted(b.edges, x.astype(np.float64), side="right"), minlength=b.bins
+        )
+        assert rows[b.name] == want.tolist(), b.name
