@@ -32,9 +32,13 @@ feature, window, partition), tagged with the batch's source coordinates (the off
 covered in that partition). The ``drift_deltas`` table keys rows on those coordinates
 (ReplacingMergeTree), so a re-sent batch replaces itself, and the ``drift_stats`` view
 sums the deltas of a window: no window is emitted whole, a restarted worker needs no
-seeding, and the sink inserts the rows of many batches in one insert. Closed windows are
-still returned whole (``Observation.closed``) for this worker's logs and gauges, and for
-the whole-window write path the old scoring agent uses (``streams.monitoring.stream``).
+seeding, and the sink inserts the rows of many batches in one insert (re-bundled after a
+sink restart, each batch's rows keep their key). Exactly once as far as the batch is: a
+batch re-sent with the same coordinates counts once, but one re-cut differently after a
+scoring crash (at-least-once outputs) counts the overlap twice, at most one batch per
+crash; transactional outputs make it exact. Closed windows are still returned whole
+(``Observation.closed``) for this worker's logs and gauges, and for the whole-window
+write path the old scoring agent uses (``streams.monitoring.stream``).
 
 **One PSI.** Statistics are computed from summed counts in ClickHouse (the ``drift_stats``
 view, migration 0007) and here (``drift_statistics``, for logs, metrics and the report);
