@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from streams.headers import (
 )
 from streams.ingest import DeadLetter, RawRecord
 from streams.kafka import make_producer
-from streams.monitoring.drift import HistogramRow
+from streams.monitoring.drift import DriftDeltas
 from streams.monitoring.metrics import WorkerMetrics
 from streams.monitoring.stream import DriftMonitor
 from streams.redact import redact
@@ -61,7 +62,7 @@ from streams.scoring.registry import registry_path
 from streams.settings import Settings
 from streams.sinks.clickhouse import PredictionsSink, SourceMarks
 from streams.sinks.handoff import KafkaHandoff
-from streams.sinks.scored import encode_scored
+from streams.sinks.scored import DRIFT_HEADERS, Headers, encode_scored, encode_table
 from streams.topics import PREDICTIONS, REVIEW, raw_topic, scored_topic, topic_name, valid_topic
 
 log = logging.getLogger("streams.agents.score")
@@ -123,6 +124,17 @@ def model_rows(models: ModelSet, settings: Settings) -> list[list[object]]:
             ]
         )
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch after the pure part: what to answer, and what the sink stage gets."""
+
+    decoded: DecodedBatch
+    scored: ScoredEvents | None
+    closed: DriftDeltas | None  # windows this batch closed (for the drift gauges)
+    rows: list[tuple[int, bytes]]  # (valid partition, Arrow IPC predictions rows)
+    deltas: bytes | None  # Arrow IPC drift_deltas rows
 
 
 MODEL_COLUMNS = (
@@ -200,17 +212,19 @@ class Scoring:
         return path.stat().st_mtime if path.exists() else 0.0
 
     def _drift_monitor(self) -> DriftMonitor:
+        # Deltas: each batch's counts travel with its rows to the sink stage, which inserts
+        # them into drift_deltas (no ClickHouse write here, no seeding after a restart).
         layout = self.features.layout
-        return DriftMonitor(
+        return DriftMonitor.from_settings(
             self.gateway,
-            window_seconds=self.settings.drift_window_seconds,
-            lateness_windows=self.settings.drift_lateness_windows,
+            self.settings,
             thresholds={f.name: f.drift_threshold for f in layout.spec.features},
             event_type=self.event_type,
             source_topic=raw_topic(self.settings),
             entity_features=[len(v.features) for v in layout.views],
             entity_names=[v.name for v in layout.views],
-            worker_id=self.settings.worker_id,
+            emit="deltas",
+            valid_topic=self.topic,
         )
 
     def served_models(self) -> list[tuple[str, str, str]]:
@@ -267,15 +281,13 @@ class Scoring:
         if self.drift is not None:
             self.drift.assigned(mine)
 
-    def prepare(
-        self, events: Sequence[ValidEvent], picked_up_ms: int
-    ) -> tuple[DecodedBatch, ScoredEvents | None, list[HistogramRow], list[tuple[int, bytes]]]:
-        """The pure part, run in a thread: decode, features, models, rows, drift, and the
-        rows encoded for the sink."""
+    def prepare(self, events: Sequence[ValidEvent], picked_up_ms: int) -> Prepared:
+        """The pure part, run in a thread: decode, features, models, rows, drift, and what
+        the sink stage gets (rows and drift deltas, encoded)."""
         self.maybe_reload()
         decoded = decode_events(events, self.columns)
         if not decoded.events:
-            return decoded, None, [], []
+            return Prepared(decoded, None, None, [], None)
         scored = score_events(
             decoded,
             self.features,
@@ -284,8 +296,13 @@ class Scoring:
             worker_id=self.settings.worker_id,
             picked_up_ms=picked_up_ms,
         )
-        closed = self.drift.observe(decoded, scored) if self.drift is not None else []
-        return decoded, scored, closed, encode_scored(scored.predictions)
+        closed, deltas = None, None
+        if self.drift is not None:
+            observation = self.drift.observe_batch(decoded, scored)
+            closed = observation.closed if len(observation.closed) else None
+            if len(observation.deltas):
+                [(_, deltas)] = encode_table(self.drift.delta_table(observation))
+        return Prepared(decoded, scored, closed, encode_scored(scored.predictions), deltas)
 
     async def handle(self, messages: Sequence[Message]) -> None:
         picked_up = now_ms()
@@ -299,16 +316,14 @@ class Scoring:
                 events = [events[i] for i in keep]
         if not events:
             return
-        decoded, scored, closed, rows = await asyncio.to_thread(self.prepare, events, picked_up)
+        prepared = await asyncio.to_thread(self.prepare, events, picked_up)
+        decoded, scored = prepared.decoded, prepared.scored
         if decoded.failed:
             await self.dead_letters(decoded.failed)
         if scored is None:
             return
-        if closed and self.drift is not None:
-            # Before the predictions: a crash in between re-scores the batch and re-emits
-            # the same windows (same keys), never loses one.
-            await asyncio.to_thread(self.drift.write, closed)
-            summary = await asyncio.to_thread(self.drift.summarise, closed)
+        if prepared.closed is not None and self.drift is not None:
+            summary = await asyncio.to_thread(self.drift.summarise, prepared.closed)
             if self.metrics is not None:
                 for w in summary:
                     self.metrics.set_drift(w.model_version, w.feature, w.psi, w.alert)
@@ -326,8 +341,11 @@ class Scoring:
                     "model_version": routed["model_version"],
                 }
                 log.debug("review: event %(event_id)s, score %(score).3f", fields, extra=fields)
-        for partition, value in rows:
+        for partition, value in prepared.rows:
             self.send_to(self.scored_topic, partition, value)
+        if prepared.deltas is not None:
+            first = decoded.events[0].handoff_partition
+            self.send_to(self.scored_topic, first, prepared.deltas, DRIFT_HEADERS)
         await asyncio.to_thread(self.flush)
         t2 = time.perf_counter()
         if not self.counts["scored"]:
@@ -366,12 +384,22 @@ class Scoring:
                 except BufferError:
                     self.producer.poll(0.05)
 
-    def send_to(self, topic: str, partition: int, value: bytes) -> None:
+    def send_to(
+        self,
+        topic: str,
+        partition: int,
+        value: bytes,
+        headers: Headers | None = None,
+    ) -> None:
         """One message to an explicit partition (scored rows: partition = valid partition)."""
         while True:
             try:
                 self.producer.produce(
-                    topic, value=value, partition=partition, on_delivery=self._on_delivery
+                    topic,
+                    value=value,
+                    partition=partition,
+                    headers=headers,
+                    on_delivery=self._on_delivery,
                 )
                 return
             except BufferError:

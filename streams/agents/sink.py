@@ -1,4 +1,5 @@
-"""The ClickHouse sink stage: scored batches → ``predictions``, about one insert a second.
+"""The ClickHouse sink stage: scored batches → ``predictions`` and ``drift_deltas``, about one
+insert a second per table.
 
 It is off the decision path: the scoring stage answers on Kafka and hands its rows over on
 the scored topic (``streams.sinks.scored``); this stage gathers them for
@@ -27,7 +28,7 @@ from streams.clickhouse.gateway import ClickHouseGateway
 from streams.monitoring.metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.sinks.clickhouse import PredictionsSink, dedup_token
-from streams.sinks.scored import RowMarks, decode_scored
+from streams.sinks.scored import RowMarks, decode_scored, is_drift
 from streams.topics import SCORED_MAX_BYTES, scored_topic
 
 __all__ = ["EXIT_SINK_FAILED", "PredictionsSinkStage", "register_sink_agent"]
@@ -62,33 +63,40 @@ class PredictionsSinkStage:
                 "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)
             )
 
-    def prepare(self, messages: Sequence[Message]) -> tuple[pa.Table | None, int]:
-        """The rows to insert (copies dropped), and how many copies were dropped."""
+    def prepare(self, messages: Sequence[Message]) -> tuple[pa.Table | None, pa.Table | None, int]:
+        """The predictions rows to insert (copies dropped), the drift deltas, and how many
+        copies were dropped. Deltas need no marks: ``drift_deltas`` keys them by their
+        batch's coordinates (ReplacingMergeTree)."""
         tables: list[pa.Table] = []
+        drift: list[pa.Table] = []
         dropped = 0
         for message in messages:
             rows = decode_scored(message.value() or b"")
+            if is_drift(message.headers()):
+                drift.append(rows)
+                continue
             if self.sink.dedup:
                 fresh = self.marks.take(int(message.partition() or 0), rows)
                 dropped += rows.num_rows - fresh.num_rows
                 rows = fresh
             if rows.num_rows:
                 tables.append(rows)
+        deltas = pa.concat_tables(drift, promote_options="default") if drift else None
         if not tables:
-            return None, dropped
-        return pa.concat_tables(tables, promote_options="default"), dropped
+            return None, deltas, dropped
+        return pa.concat_tables(tables, promote_options="default"), deltas, dropped
 
     async def handle(self, messages: Sequence[Message]) -> None:
-        rows, dropped = await asyncio.to_thread(self.prepare, messages)
+        rows, deltas, dropped = await asyncio.to_thread(self.prepare, messages)
         self.counts["copies_dropped"] += dropped
+        coordinates = [(int(m.partition() or 0), int(m.offset() or 0)) for m in messages]
+        if deltas is not None:
+            token = dedup_token(self.topic, coordinates, ["drift"])
+            await asyncio.to_thread(self.sink.write_drift, deltas, token)
         if rows is None:
             return
         versions = sorted(set(rows.column("model_version").to_pylist()))
-        token = dedup_token(
-            self.topic,
-            ((int(m.partition() or 0), int(m.offset() or 0)) for m in messages),
-            versions,
-        )
+        token = dedup_token(self.topic, coordinates, versions)
         started = time.perf_counter()
         await asyncio.to_thread(self.sink.write, rows, token)
         if not self.counts["inserts"]:

@@ -368,6 +368,8 @@ class DecisionClock(threading.Thread):
         super().__init__(daemon=True)
         self.settings = settings
         self.latencies: list[float] = []
+        # Decisions without a produce time (workers before it was added): source → received.
+        self.unstamped: dict[tuple[int, int], float] = {}
         self.ready = threading.Event()
         self.done = threading.Event()
 
@@ -386,13 +388,24 @@ class DecisionClock(threading.Thread):
                 for message in got:
                     if message.error() is None:
                         body = orjson.loads(message.value() or b"{}")
-                        self.latencies.append(received_ms - float(body["produced_at_ms"]))
+                        if "produced_at_ms" in body:
+                            self.latencies.append(received_ms - float(body["produced_at_ms"]))
+                        else:
+                            source = body["source"]
+                            self.unstamped[(source["partition"], source["offset"])] = received_ms
         finally:
             consumer.close()
 
+    def stamp(self, produced: Sequence[Sequence[Any]]) -> None:
+        """Latencies of unstamped decisions from ``(partition, offset, produced ms)`` rows."""
+        for partition, offset, produced_ms in produced:
+            received = self.unstamped.get((int(partition), int(offset)))
+            if received is not None:
+                self.latencies.append(received - float(produced_ms))
+
     def wait_for(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while len(self.latencies) < count and time.monotonic() < deadline:
+        while len(self.latencies) + len(self.unstamped) < count and time.monotonic() < deadline:
             time.sleep(0.1)
         self.done.set()
         self.join(30)
@@ -484,6 +497,15 @@ def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, 
         result.latency_achieved = count / took
         result.latency_events = len(values)
         result.latency_ms = latency_summary(values)
+        if clock.unstamped:
+            clock.stamp(
+                _query(
+                    settings,
+                    "select partition, offset, toUnixTimestamp64Milli(produced_at) "
+                    "from {db:Identifier}.predictions final where topic = {t:String} and decided",
+                    raw_topic(run),
+                )
+            )
         result.decision_ms = latency_summary(clock.latencies)
         result.inserts_per_s = max(
             inserts_per_second(settings, table, raw_topic(run)) for table in SINK_TABLES

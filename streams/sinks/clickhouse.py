@@ -95,6 +95,13 @@ class PredictionsSink:
                 "predictions", rows, settings=insert_settings(token, self.dedup)
             )
 
+    def write_drift(self, deltas: pa.Table, token: str) -> None:
+        """Drift count deltas (``streams.monitoring``), keyed by their batch's coordinates."""
+        if deltas.num_rows:
+            self.gateway.insert_arrow(
+                "drift_deltas", deltas, settings=insert_settings(token, self.dedup)
+            )
+
     def live_marks(self, event_type: str, partition: int) -> dict[RawPartition, int]:
         """Highest raw offset per raw partition among live rows read from one valid partition."""
         result = self.gateway.query(

@@ -21,10 +21,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["RowMarks", "decode_scored", "encode_scored"]
+__all__ = [
+    "DRIFT_HEADERS",
+    "KIND_HEADER",
+    "Headers",
+    "RowMarks",
+    "decode_scored",
+    "encode_scored",
+    "encode_table",
+    "is_drift",
+]
 
 _WRITE = pa.ipc.IpcWriteOptions(compression="lz4")
 RawPartition = tuple[str, int]
+# A scored message holds predictions rows unless this header says drift_deltas rows.
+KIND_HEADER = "streamscore.kind"
+Headers = list[tuple[str, str | bytes | None]]
+DRIFT_HEADERS: Headers = [(KIND_HEADER, b"drift_deltas")]
+
+
+def encode_table(table: pa.Table, partition: int = 0) -> list[tuple[int, bytes]]:
+    """``table`` as one lz4 Arrow IPC stream: ``[(partition, bytes)]``."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_WRITE) as writer:
+        writer.write_table(table)
+    return [(partition, sink.getvalue().to_pybytes())]
 
 
 def encode_scored(rows: pa.Table) -> list[tuple[int, bytes]]:
@@ -34,11 +55,14 @@ def encode_scored(rows: pa.Table) -> list[tuple[int, bytes]]:
     out: list[tuple[int, bytes]] = []
     for partition in partitions:
         part = rows if len(partitions) == 1 else rows.filter(pc.equal(column, partition))
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, part.schema, options=_WRITE) as writer:
-            writer.write_table(part)
-        out.append((int(partition), sink.getvalue().to_pybytes()))
+        out += encode_table(part, int(partition))
     return out
+
+
+def is_drift(headers: Headers | dict[str, str | bytes | None] | None) -> bool:
+    """Whether a scored message carries drift deltas (by its kind header)."""
+    pairs = headers.items() if isinstance(headers, dict) else headers or ()
+    return any(key == KIND_HEADER and value == b"drift_deltas" for key, value in pairs)
 
 
 def decode_scored(value: bytes) -> pa.Table:

@@ -68,8 +68,11 @@ def test_drift_alerts_within_two_windows_and_rarely_otherwise(
     items = on_clock(records(windows * PER_WINDOW, 0.0), base, drift)
     # The compressed clock puts a minute in 250 events, so allow more windows of skew
     # between partitions than the one-window default for real time.
+    # (and as many open windows: at most 4 by default.)
     worker = start_scorer(
-        STREAMSCORE_AGENTS="ingest,score,sink", STREAMSCORE_DRIFT_LATENESS_WINDOWS="8"
+        STREAMSCORE_AGENTS="ingest,score,sink",
+        STREAMSCORE_DRIFT_LATENESS_WINDOWS="8",
+        STREAMSCORE_DRIFT_MAX_OPEN_WINDOWS="9",
     )
     wait_for_log(worker, "marks loaded")
     # Paced, so that the compressed clock stays ordered across partitions to well within

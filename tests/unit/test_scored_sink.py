@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pyarrow as pa
 
 from streams.sinks.scored import RowMarks, decode_scored, encode_scored
@@ -53,3 +56,44 @@ def test_marks_drop_a_rescored_batch_and_keep_every_models_row() -> None:
     assert marks.get(0) == {("raw", 1): 12, ("raw", 2): 0}
     marks.forget([0])
     assert marks.get(0) == {}
+
+
+class _Message:
+    """What the sink reads of a confluent-kafka message."""
+
+    def __init__(self, partition: int, offset: int, value: bytes, headers: Any = None) -> None:
+        self._partition, self._offset, self._value, self._headers = (
+            partition, offset, value, headers,
+        )  # fmt: skip
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> Any:
+        return self._headers
+
+
+def test_the_sink_splits_rows_from_drift_deltas_and_drops_copies(tmp_path: Path) -> None:
+    from streams.agents.sink import PredictionsSinkStage
+    from streams.settings import Settings
+    from streams.sinks.scored import DRIFT_HEADERS, encode_table
+
+    stage = PredictionsSinkStage(Settings(home=tmp_path), gateway=None)  # type: ignore[arg-type]
+    [(_, first)] = encode_scored(_rows([(1, "raw", 0, o) for o in (1, 2)]))
+    [(_, again)] = encode_scored(_rows([(1, "raw", 0, o) for o in (2, 3)]))  # re-scored 2
+    [(_, deltas)] = encode_table(pa.table({"feature": ["amount"], "count": [3]}))
+    messages = [
+        _Message(1, 0, first),
+        _Message(1, 1, deltas, DRIFT_HEADERS),
+        _Message(1, 2, again),
+    ]
+    rows, drift, dropped = stage.prepare(messages)  # type: ignore[arg-type]
+    assert rows is not None and rows.column("offset").to_pylist() == [1, 2, 1, 2, 3, 3]
+    assert dropped == 2  # both models' rows of offset 2, sent again
+    assert drift is not None and drift.to_pylist() == [{"feature": "amount", "count": 3}]
