@@ -13,13 +13,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,11 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
-from streams.errors import InfraError
+from streams.errors import InfraError, StreamscoreError
 from streams.settings import Settings
 
+# A server-side ``{name:Type}`` placeholder, as the /sql endpoint reads them.
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):[^{}]+\}")
 SEED = 7  # bootstrap's and the live stream's population seed: same accounts, same merchants
 
 
@@ -226,32 +226,38 @@ def _share(part: int, whole: int) -> str:
 
 
 class WorkerSql:
-    """``POST /sql`` on a worker's web server (loopback only): rows as lists."""
+    """``POST /sql`` on a worker's web server (loopback only, with its bearer token): rows as
+    lists.
 
-    def __init__(self, port: int, database: str, timeout: float = 30.0) -> None:
+    The token is read from ``<home>/sql.token`` on every query: the worker writes a new one
+    each time it starts, and one left by an earlier worker must not stick.
+    """
+
+    def __init__(self, port: int, database: str, home: Path, timeout: float = 30.0) -> None:
         self.url = f"http://127.0.0.1:{port}/sql"
         self.database = database  # bound as {db:Identifier}
+        self.home = home
         self.timeout = timeout
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[list[Any]]:
-        bound = {"db": self.database, **(parameters or {})}
-        body = orjson.dumps({"sql": sql, "parameters": bound})
-        request = urllib.request.Request(  # noqa: S310 - a fixed http://127.0.0.1 URL
-            self.url, data=body, headers={"content-type": "application/json"}, method="POST"
-        )
+        from streams.sql.route import post_query
+        from streams.web.token import read_token
+
+        # The endpoint refuses a parameter the statement does not name: bind only those.
+        given = {"db": self.database, **(parameters or {})}
+        named = set(_PLACEHOLDER.findall(sql))
+        request = {"sql": sql, "parameters": {k: v for k, v in given.items() if k in named}}
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                payload = orjson.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            raise InfraError(f"{self.url} answered {exc.code}: {detail} (query: {sql})") from exc
+            payload = post_query(self.url, request, read_token(self.home), self.timeout)
+        except StreamscoreError as exc:
+            raise InfraError(f"{exc} (query: {sql})") from exc
         rows: list[list[Any]] = payload["rows"]
         return rows
 
     def ready(self) -> bool:
         try:
             return self.query("select 1") == [[1]]
-        except (OSError, InfraError):
+        except (OSError, InfraError):  # not listening yet, or no token written yet
             return False
 
 
@@ -400,10 +406,10 @@ def run_demo(
         cleanup.callback(delete_run_topics, demo)
         _bootstrap(demo, config, steps)
         with steps.step("worker", "starting the worker (ingest, score, dlq, lake)"):
-            worker = start_worker(demo, log, STREAMSCORE_AGENTS="ingest,score,dlq,lake")
+            worker = start_worker(demo, log, STREAMSCORE_AGENTS="score,sink,dlq,lake")
             cleanup.callback(stop_worker, worker)
-            sql = WorkerSql(demo.web_port, demo.clickhouse_database)
-            wait_for_groups(demo, ("ingest", "score", "dlq"), worker, log)
+            sql = WorkerSql(demo.web_port, demo.clickhouse_database, demo.home)
+            wait_for_groups(demo, ("score", "sink", "dlq"), worker, log)
             while not sql.ready():
                 check_alive(worker, log)
                 time.sleep(0.2)
