@@ -66,8 +66,12 @@ class _Sink:
 def _paced(
     records: Iterator[SimRecord], rate: float, count: int | None, duration: float | None
 ) -> Iterator[SimRecord]:
-    started = time.monotonic()
+    started: float | None = None
     for sent, record in enumerate(records):
+        # From the first record on, as the live clock does: the first simulated day is
+        # drawn before it comes out, and pacing from earlier would send every record early.
+        if started is None:
+            started = time.monotonic()
         if count is not None and sent >= count:
             return
         now = time.monotonic()
@@ -142,10 +146,18 @@ def _summary(sent: int, seconds: float, counts: Counter[tuple[str, str]]) -> Non
     help="Emit late labels (chargebacks, reports, analyst reviews) at their label time.",
 )
 @click.option(
+    "--clock",
+    type=click.Choice(["wall", "simulated"]),
+    help="Event times. wall: the population's records stamped on the wall clock at "
+    "--rate (a 60 s stream spans 60 s of event time; with --rate 0 each record gets the "
+    "time it is made). simulated: the population's own pace from --start (about 0.5 "
+    "transactions per account per day). Default: wall when --rate is set, else simulated.",
+)
+@click.option(
     "--start",
     type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-    help="Event time of the first record, UTC (default: now). Event time then "
-    "advances at the population's pace, not the wall clock's.",
+    help="Where in the population's calendar the stream begins, UTC (default: now). With "
+    "--clock simulated also the first record's event time.",
 )
 @click.option(
     "--out",
@@ -191,6 +203,7 @@ def simulate(
     fraud_rate: float,
     invalid_fraction: float,
     labels: bool,
+    clock: str | None,
     start: datetime | None,
     out: Path | None,
     to_kafka: bool,
@@ -201,7 +214,7 @@ def simulate(
     """Generate realistic, seeded card transactions with fraud and late labels.
 
     \b
-    Live:    streamscore simulate --count 50000 --rate 500          (to Kafka)
+    Live:    streamscore simulate --count 50000 --rate 500          (to Kafka, wall clock)
              streamscore simulate --count 1000 --out events.jsonl   (to a file)
     History: streamscore simulate --history 90d --accounts 100000   (into the lake)
 
@@ -237,7 +250,9 @@ def simulate(
     from streams.simulate.drift import DriftInjection
     from streams.simulate.records import SimulationConfig, simulate_records
 
+    live = (clock or ("wall" if rate > 0 else "simulated")) == "wall"
     config = SimulationConfig(
+        rate=rate if live else None,
         drift=DriftInjection.parse(drift) if drift else None,
         start=(start.replace(tzinfo=UTC) if start else datetime.now(UTC)),
         accounts=accounts,

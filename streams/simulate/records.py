@@ -3,11 +3,25 @@
 Each :class:`SimRecord` carries the bytes, key and headers to send, plus its ground
 truth: ``expected`` is ``"accepted"`` or the DLQ reason the ingestion worker must
 give (the constants of :mod:`streams.ingest`), and the fraud scenario if any.
+
+Two clocks. By default (``rate=None``) event times are the population's simulated time
+from ``start`` on (see :mod:`streams.simulate.stream`): replays, files, tests. A live
+stream (``rate`` set) yields the same records in the same order, each one restamped on
+the wall clock by :class:`streams.simulate.clock.LiveClock` (record ``k`` at
+``start + k / rate``): a 60 s stream at any rate spans 60 s of event time. Labels keep
+their place in that sequence: a label comes out when the simulated stream reaches its
+label time (a chargeback 5-60 simulated days after its transaction) and is stamped
+with the wall-clock slot where it comes out, so its ``label_time`` is always after its
+transaction's ``event_time`` and the delay is compressed by the same factor as
+everything else (at 1,000 records/s and 5,000 accounts a simulated day lasts about
+3 s). The population's time of day is not carried over: in a live stream
+``hour_of_day`` is the wall clock's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +39,7 @@ from streams.ingest import (
     SCHEMA_VIOLATION,
     TOO_DEEPLY_NESTED,
 )
+from streams.simulate.clock import Clock, LiveClock, rfc3339_one
 from streams.simulate.drift import DriftInjection
 from streams.simulate.exceptions import SimulationError
 from streams.simulate.population import build_population
@@ -102,8 +117,13 @@ class SimulationConfig:
     max_payload_bytes: int = 256 * 1024
     max_nesting_depth: int = 32
     drift: DriftInjection | None = None  # injected from a known time on
+    # None: the population's simulated clock from ``start``. A number: live, event times on
+    # the wall clock at this many records/s (0: the clock's reading as each is made).
+    rate: float | None = None
 
     def check(self) -> None:
+        if self.rate is not None and not self.rate >= 0.0:
+            raise SimulationError(f"live rate must be >= 0 records/s, got {self.rate}")
         if not 0.0 <= self.invalid_fraction < 1.0:
             raise SimulationError(
                 f"invalid fraction must be in [0, 1), got {self.invalid_fraction}"
@@ -175,12 +195,22 @@ def invalid_record(kind: str, event: dict[str, Any], config: SimulationConfig) -
     )
 
 
-def simulate_records(config: SimulationConfig) -> Iterator[SimRecord]:
+def restamped(item: SimEvent, time_ms: int) -> SimEvent:
+    """``item`` with its event time (``event_time`` or ``label_time``) set to ``time_ms``."""
+    name = "event_time" if item.event_type == "transaction" else "label_time"
+    event = dict(item.event)
+    event[name] = rfc3339_one(time_ms)  # same key, same place: only the time's bytes change
+    return SimEvent(item.event_type, event, item.scenario, time_ms)
+
+
+def simulate_records(config: SimulationConfig, clock: Clock = time.time) -> Iterator[SimRecord]:
     """Endless raw records: valid events in event-time order with invalid ones mixed in.
 
     An invalid record is a broken copy of the next transaction (which still follows,
     valid), inserted with the probability that makes ``invalid_fraction`` of all
-    records invalid. Same config ⇒ same records, byte for byte.
+    records invalid. Same config ⇒ same records, byte for byte; a live stream
+    (``config.rate`` set) also needs the same ``clock`` readings, and differs from the
+    simulated-clock stream of the same config only in its event times.
     """
     config.check()
     population = build_population(config.accounts, config.seed)
@@ -189,10 +219,15 @@ def simulate_records(config: SimulationConfig) -> Iterator[SimRecord]:
     weights = np.array([_KIND_WEIGHTS[k] for k in kinds], dtype=np.float64)
     weights /= weights.sum()
     insert_p = config.invalid_fraction / (1.0 - config.invalid_fraction)
+    live = LiveClock(config.rate, clock) if config.rate is not None else None
     for item in simulate_events(population, config.start, config.fraud_rate, config.labels):
         if item.event_type == "transaction" and insert_p and rng.random() < insert_p:
             kind = kinds[int(rng.choice(len(kinds), p=weights))]
-            yield invalid_record(kind, item.event, config)
+            # A live invalid record takes its own slot: every record counts towards the rate.
+            broken = item if live is None else restamped(item, live.next_ms())
+            yield invalid_record(kind, broken.event, config)
+        if live is not None:
+            item = restamped(item, live.next_ms())
         if config.drift is not None and item.event_type == "transaction":
             drifted = config.drift.apply(item.event)
             if drifted is not item.event:

@@ -5,7 +5,8 @@ same events for the same day), then rows become ``transaction.v1`` / ``label.v1`
 dicts lazily. Event time is simulated time: it starts at ``start`` and advances at the
 population's pace (about 0.5 transactions per account per day), independent of how
 fast the caller consumes the iterator. Labels come out when event time reaches their
-label time (chargebacks 5-60 days after the transaction).
+label time (chargebacks 5-60 days after the transaction). A live stream keeps this
+sequence and restamps it on the wall clock (``streams.simulate.records``, ``clock``).
 """
 
 from __future__ import annotations
