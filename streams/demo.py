@@ -481,18 +481,23 @@ def _stream(
 
     summary.raw_topic = raw_topic(settings)
     producer = EventProducer(settings, SchemaRegistry.load(settings.schemas_dir))
+    # Live: event times on the wall clock at the demo's rate, so the stream spans as many
+    # seconds of event time as it lasts (the population's own pace would make a minute of
+    # traffic weeks of event time, and every event-time window downstream with it).
     simulation = SimulationConfig(
         start=datetime.now(UTC), accounts=config.accounts, seed=SEED,
         fraud_rate=_fraud_rate(config), invalid_fraction=config.invalid_fraction, labels=False,
         max_payload_bytes=settings.max_payload_bytes,
-        max_nesting_depth=settings.max_nesting_depth,
+        max_nesting_depth=settings.max_nesting_depth, rate=max(config.rate, 0.0),
     )  # fmt: skip
     dead: collections.Counter[str] = collections.Counter()
-    pacer = Pacer(config.rate)
+    pacer: Pacer | None = None
     every = max(1, int(config.rate / 20)) if config.rate > 0 else 1000
     for index, item in enumerate(simulate_records(simulation)):
         if index >= total:
             break
+        if pacer is None:  # paced from the first record's event time, as the clock stamps
+            pacer = Pacer(config.rate)
         if index % every == 0:
             pacer.wait(index)
             obs.update(index)
@@ -503,7 +508,7 @@ def _stream(
         else:
             dead[item.expected] += 1
     producer.flush()
-    summary.produce_seconds = pacer.elapsed
+    summary.produce_seconds = pacer.elapsed if pacer is not None else 0.0
     summary.expected_dead = dict(dead)
     obs.update(summary.produced)
 
