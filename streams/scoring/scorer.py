@@ -2,12 +2,25 @@
 
 The session is built from the artifact's in-memory bytes (the ones ``load_artifact``
 hashed), never from a path, so ONNX Runtime reads no file of its own.
+
+Which execution provider: :func:`choose_providers` asks for a GPU provider only when it
+can initialise here (the driver answers, a device exists, the CUDA libraries it links
+load), so a CPU machine with ``onnxruntime-gpu`` installed gets no red "Failed to load
+library libonnxruntime_providers_cuda.so" lines; each model then reports the provider it
+runs on in one log line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import io
 import logging
+import sys
 import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +33,9 @@ from streams.features.spec import FeatureServiceSpec
 from streams.scoring.artifact import Artifact, load_artifact
 from streams.scoring.decide import Decisions, decide
 from streams.scoring.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
-from streams.scoring.providers import CPU, GPU_PROVIDERS, select_providers
+from streams.scoring.providers import CPU, CUDA, GPU_PROVIDERS, TENSORRT, select_providers
 
-__all__ = ["Scorer"]
+__all__ = ["ProviderChoice", "Scorer", "choose_providers", "gpu_unavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +64,8 @@ class Scorer:
         self.defaults: NDArray[np.float32] = np.array(
             [f.default for f in meta.features], dtype=np.float32
         )
-        requested = select_providers(providers, ort.get_available_providers())
+        choice = choose_providers(providers)
+        requested = list(choice.providers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         # Small graphs on a small machine: one inter-op thread, nodes run in order.
@@ -60,7 +74,7 @@ class Scorer:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning worker threads burn a core waiting for work; cores here are shared.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Keep ONNX Runtime's own CUDA-missing warnings quiet; we report the outcome below.
+        # ONNX Runtime's own warnings stay quiet; the one line below says what runs.
         options.log_severity_level = 3
         self.session = _open_session(artifact, options, requested)
         self.requested_providers: tuple[str, ...] = tuple(requested)
@@ -70,19 +84,25 @@ class Scorer:
         self.on_gpu = self.provider in GPU_PROVIDERS
         # IO binding avoids an extra output copy on GPU; on CPU a plain run is simplest and as fast.
         self._io_binding = self.on_gpu if io_binding is None else io_binding
-        log.info(
-            "model %s loaded from %s: provider in use %s (requested %s)",
+        # One line per model: what runs, and why not the GPU when one was asked for.
+        fell_back = requested[0] != CPU and self.provider == CPU
+        why = (
+            f"; {requested[0]} was requested but ONNX Runtime fell back to CPU"
+            if fell_back
+            else (f"; {choice.skipped}" if choice.skipped else "")
+        )
+        level = (
+            logging.WARNING if fell_back or (choice.skipped and choice.gpu_asked) else logging.INFO
+        )
+        log.log(
+            level,
+            "model %s loaded from %s: provider in use %s (requested %s%s)",
             meta.model_id,
             artifact.path,
             self.provider,
             ", ".join(requested),
+            why,
         )
-        if requested[0] != CPU and self.provider == CPU:
-            log.warning(
-                "model %s: %s was requested but ONNX Runtime fell back to CPU",
-                meta.model_id,
-                requested[0],
-            )
         self.warm_up()
 
     @classmethod
@@ -177,6 +197,106 @@ class Scorer:
         """Scores and decisions with this model's thresholds."""
         scores = self.score(x, missing)
         return scores, decide(scores, self.metadata.thresholds)
+
+
+# -- which execution provider ---------------------------------------------------------------
+
+# Shared libraries ONNX Runtime's CUDA provider links (``readelf -d`` of
+# libonnxruntime_providers_cuda.so), by the CUDA major version the wheel was built for.
+_CUDA_LIBRARIES = ("libcudart.so.{major}", "libcublas.so.{major}", "libcublasLt.so.{major}",
+                   "libcurand.so.10")  # fmt: skip
+_TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvonnxparser.so.10")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderChoice:
+    """The providers to ask ONNX Runtime for, best first, and why a GPU one was left out."""
+
+    providers: tuple[str, ...]
+    skipped: str | None = None  # e.g. "CUDAExecutionProvider left out: no CUDA driver (...)"
+    gpu_asked: bool = False  # the setting named a GPU provider (cuda, tensorrt), not "auto"
+
+
+def choose_providers(
+    setting: str,
+    available: Sequence[str] | None = None,
+    unavailable: Callable[[str], str | None] | None = None,
+) -> ProviderChoice:
+    """The providers for ``setting`` (STREAMSCORE_PROVIDERS): those this build has
+    (``available``, default ``onnxruntime.get_available_providers()``) less each GPU
+    provider that cannot initialise here (``unavailable(provider)`` gives the reason,
+    default :func:`gpu_unavailable`). Also quiets ONNX Runtime's default logger, before
+    any session exists, so its warnings do not reach stderr.
+    """
+    # Errors only (3): its CUDA-missing warnings are noise once we choose for ourselves.
+    ort.set_default_logger_severity(3)
+    found = ort.get_available_providers() if available is None else available
+    requested = select_providers(setting, found)
+    probe = gpu_unavailable if unavailable is None else unavailable
+    kept: list[str] = []
+    reasons: list[str] = []
+    for provider in requested:
+        reason = probe(provider) if provider in GPU_PROVIDERS else None
+        if reason is None:
+            kept.append(provider)
+        else:
+            reasons.append(f"{provider} left out: {reason}")
+    gpu_asked = setting.lower() in ("cuda", "tensorrt")
+    return ProviderChoice(tuple(kept), "; ".join(reasons) or None, gpu_asked)
+
+
+@functools.cache
+def gpu_unavailable(provider: str) -> str | None:
+    """Why ``provider`` (CUDA or TensorRT) cannot initialise in this process, or None when
+    it can. Loads the driver and the libraries the provider links, as ONNX Runtime would,
+    and prints nothing."""
+    if provider == TENSORRT:
+        cuda = gpu_unavailable(CUDA)
+        if cuda is not None:
+            return cuda
+        missing = _unloadable(_TENSORRT_LIBRARIES)
+        return f"TensorRT libraries not found: {', '.join(missing)}" if missing else None
+    if provider != CUDA:
+        return f"{provider} is not a GPU provider streamscore knows"
+    if not sys.platform.startswith("linux"):
+        return None  # not probed here: ONNX Runtime tries, and the provider is read back
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no CUDA driver (libcuda.so.1 not found)"
+    status = driver.cuInit(0)
+    if status != 0:
+        return f"the CUDA driver does not initialise (cuInit error {status})"
+    count = ctypes.c_int(0)
+    if driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return "no CUDA device"
+    needed = tuple(name.format(major=_cuda_major()) for name in _CUDA_LIBRARIES)
+    missing = _unloadable(needed)
+    if missing:
+        # onnxruntime-gpu can load them from the nvidia-* wheels; once loaded, the loader
+        # finds them by name. It prints its own notes: they go nowhere.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+            ort.preload_dlls(cuda=True, cudnn=True)
+        missing = _unloadable(needed)
+    return f"CUDA libraries not found: {', '.join(missing)}" if missing else None
+
+
+def _cuda_major() -> str:
+    try:
+        from onnxruntime.capi.build_and_package_info import cuda_version
+    except ImportError:  # a CPU-only build
+        return "12"
+    return str(cuda_version).split(".", 1)[0] or "12"
+
+
+def _unloadable(names: Sequence[str]) -> list[str]:
+    missing: list[str] = []
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            missing.append(name)
+    return missing
 
 
 def _open_session(

@@ -17,6 +17,7 @@ from streams.errors import ConfigError, ModelError
 from streams.scoring import Decision, ModelHolder, ModelSet, Scorer, select_providers
 from streams.scoring.providers import CPU, CUDA, TENSORRT
 from streams.scoring.registry import RegistryConfig
+from streams.scoring.scorer import ProviderChoice, choose_providers, gpu_unavailable
 
 SPEC = synthetic_feature_service(20)
 
@@ -60,22 +61,61 @@ def test_unknown_provider_setting_is_a_config_error() -> None:
         select_providers("gpu", [CPU])
 
 
-def test_provider_in_use_is_read_back_when_no_gpu(
-    models_dir: Path, caplog: pytest.LogCaptureFixture
+def _no_gpu(provider: str) -> str | None:
+    return "no CUDA driver (libcuda.so.1 not found)"
+
+
+def _gpu_everywhere(provider: str) -> str | None:
+    return None
+
+
+def test_choose_providers_leaves_out_gpu_providers_that_cannot_initialise() -> None:
+    everything = [TENSORRT, CUDA, CPU]
+    none = choose_providers("auto", everything, _no_gpu)
+    assert none.providers == (CPU,)
+    assert none.skipped == f"{CUDA} left out: no CUDA driver (libcuda.so.1 not found)"
+    assert not none.gpu_asked  # "auto" did not insist on a GPU
+    assert choose_providers("auto", everything, _gpu_everywhere) == ProviderChoice((CUDA, CPU))
+    asked = choose_providers("tensorrt", everything, _no_gpu)
+    assert asked.providers == (CPU,) and asked.gpu_asked
+    assert asked.skipped is not None and TENSORRT in asked.skipped and CUDA in asked.skipped
+    # TensorRT missing, CUDA there: CUDA stays.
+    trt_only = choose_providers(
+        "tensorrt", everything, lambda p: "libnvinfer.so.10 not found" if p == TENSORRT else None
+    )
+    assert trt_only.providers == (CUDA, CPU)
+
+
+def test_choose_providers_never_probes_for_cpu_or_providers_the_build_lacks() -> None:
+    def probe(provider: str) -> str | None:
+        raise AssertionError(f"probed {provider}")
+
+    assert choose_providers("cpu", [TENSORRT, CUDA, CPU], probe) == ProviderChoice((CPU,))
+    assert choose_providers("auto", [CPU], probe) == ProviderChoice((CPU,))
+
+
+def test_probe_agrees_with_onnx_runtime_and_nothing_reaches_stderr(
+    models_dir: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     caplog.set_level(logging.INFO, logger="streams.scoring")
+    capfd.readouterr()
     scorer = Scorer.load(models_dir / "artifacts" / "fraud_mlp-1.onnx", SPEC, providers="auto")
-    if scorer.provider != CPU:
-        pytest.skip(f"a GPU is present here ({scorer.provider}); this test is for CPU-only hosts")
-    # On a host without a usable GPU, 'auto' asks for CUDA when the build lists it, but
-    # ONNX Runtime falls back to CPU; the Scorer must report what actually runs.
-    assert scorer.providers == (CPU,)
-    assert not scorer.on_gpu
-    assert f"provider in use {CPU}" in caplog.text
-    if CUDA in ort.get_available_providers():
-        assert scorer.requested_providers[0] == CUDA
-        assert "fell back to CPU" in caplog.text
-    print(f"no GPU in use: requested {scorer.requested_providers}, running on {scorer.provider}")
+    err = capfd.readouterr().err
+    # ONNX Runtime's red "Failed to load library libonnxruntime_providers_cuda.so" and its
+    # "Failed to create CUDAExecutionProvider" warning are what a CPU host used to print.
+    assert "onnxruntime" not in err and "ExecutionProvider" not in err, err
+    reason = gpu_unavailable(CUDA) if CUDA in ort.get_available_providers() else "not built"
+    if reason is None:  # a usable GPU: the probe must not be wrong about it
+        assert scorer.provider == CUDA and scorer.on_gpu
+    else:
+        assert scorer.providers == (CPU,) and scorer.requested_providers == (CPU,)
+        assert not scorer.on_gpu
+    lines = [r for r in caplog.records if "fraud_mlp-1" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]  # one line per model
+    assert f"provider in use {scorer.provider}" in lines[0].getMessage()
+    if reason is not None and CUDA in ort.get_available_providers():
+        assert reason in lines[0].getMessage() and lines[0].levelno == logging.INFO
+    print(f"CUDA here: {reason or 'usable'}; running on {scorer.provider}")
 
 
 def test_missing_mask_and_nan_take_declared_defaults(lgbm: Scorer, batch: np.ndarray) -> None:
