@@ -4,11 +4,18 @@
 call. A failing dbt test stops the run before anything is exported or materialised; every
 run, good or bad, is recorded in ClickHouse ``feature_runs``, and workers swap to the
 features of the newest successful run (``OnlineFeatures.refresh_if_newer``).
+
+dbt and Feast talk a lot (dbt's run log, Feast's prints, progress bars and log records).
+``run_nightly(output=path)`` appends all of it to one file instead of the console, so a
+caller with its own display (the demo, a worker's log) keeps it clean; dbt also keeps its
+own log under its state folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -19,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from streams.errors import FeatureError, StreamscoreError
 from streams.features.paths import dbt_state_dir, duckdb_path, export_path
@@ -31,7 +38,7 @@ if TYPE_CHECKING:
     from streams.features.registry import ServiceLayout
     from streams.settings import Settings
 
-__all__ = ["NightlyRun", "dbt_environment", "run_nightly"]
+__all__ = ["NightlyRun", "dbt_environment", "feast_output_to", "run_nightly"]
 
 Progress = Callable[[str], None]
 
@@ -53,6 +60,33 @@ def dbt_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def feast_output_to(log: TextIO | None) -> Iterator[None]:
+    """While it lasts, Feast's own output goes to ``log``: its ``print``s (sys.stdout), its
+    tqdm progress bars and warnings (sys.stderr) and the records of the ``feast`` loggers
+    (not passed on to the root logger's handlers). ``None`` changes nothing.
+
+    sys.stdout and sys.stderr are process-wide: a print from another thread during these
+    steps lands in ``log`` too. Log handlers made earlier keep their own streams.
+    """
+    if log is None:
+        yield
+        return
+    feast_logger = logging.getLogger("feast")
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    propagate = feast_logger.propagate
+    feast_logger.addHandler(handler)
+    feast_logger.propagate = False
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            yield
+    finally:
+        feast_logger.removeHandler(handler)
+        feast_logger.propagate = propagate
+        log.flush()
+
+
 def run_nightly(
     settings: Settings,
     nightly_date: date | None = None,
@@ -60,13 +94,34 @@ def run_nightly(
     start_date: date | None = None,
     client: Client | None = None,
     progress: Progress = _quiet,
+    output: Path | None = None,
 ) -> NightlyRun:
     """Build features as of ``nightly_date`` (default: today, UTC) and make them live.
 
     ``start_date`` backfills the marts for every date from it to ``nightly_date``; only
     ``nightly_date`` is materialised online. Rerunning a date gives the same features.
     Raises FeatureError (after recording the failed run) when any step fails.
+
+    ``output``: a file that dbt's and Feast's own output is appended to (``progress`` then
+    hears only the steps); by default dbt's lines go to ``progress`` and Feast prints.
     """
+    with contextlib.ExitStack() as stack:
+        log: TextIO | None = None
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            log = stack.enter_context(output.open("a", encoding="utf-8"))
+        return _run_nightly(settings, nightly_date, start_date, client, progress, log, output)
+
+
+def _run_nightly(
+    settings: Settings,
+    nightly_date: date | None,
+    start_date: date | None,
+    client: Client | None,
+    progress: Progress,
+    log: TextIO | None,
+    output: Path | None,
+) -> NightlyRun:
     from streams.clickhouse import apply_migrations, connect
     from streams.features.registry import load_service_layout
 
@@ -76,6 +131,8 @@ def run_nightly(
         raise FeatureError(f"backfill start {start} is after the nightly date {end}")
     run_id = uuid.uuid4().hex
     started = datetime.now(UTC)
+    if log is not None:
+        log.write(f"--- nightly run {run_id} for {end} (features from {start}), {started}\n")
     durations: dict[str, float] = {}
     rows: dict[str, int] = {}
 
@@ -95,17 +152,18 @@ def run_nightly(
         try:
             layout = load_service_layout(settings, settings.feature_service)
             with step("dbt_build"):
-                _dbt_build(settings, start, end, progress)
+                _dbt_build(settings, start, end, progress, log)
             with step("export"):
                 rows.update(_export(settings, layout, start, end))
-            with step("feast_apply"):
+            with step("feast_apply"), feast_output_to(log):
                 store = _feast_apply(settings)
-            with step("materialize"):
+            with step("materialize"), feast_output_to(log):
                 _materialize(store, layout, end)
         except Exception as exc:
             message = (
                 str(exc) if isinstance(exc, StreamscoreError) else f"{type(exc).__name__}: {exc}"
             )
+            where = f"; dbt's and Feast's output is in {output}" if output is not None else ""
             failed = NightlyRun(
                 run_id, end, settings.feature_service, "failed", started,
                 datetime.now(UTC), rows, durations, message,
@@ -113,11 +171,11 @@ def run_nightly(
             record_run(ch, settings.clickhouse_database, failed)
             if isinstance(exc, FeatureError):
                 raise FeatureError(
-                    f"{exc} (run {run_id} recorded as failed in feature_runs)"
+                    f"{exc} (run {run_id} recorded as failed in feature_runs{where})"
                 ) from exc
             raise FeatureError(
                 f"nightly run {run_id} for {end} failed: {message} "
-                "(recorded as failed in feature_runs)"
+                f"(recorded as failed in feature_runs{where})"
             ) from exc
         durations["total"] = round((datetime.now(UTC) - started).total_seconds(), 3)
         run = NightlyRun(
@@ -140,7 +198,9 @@ def _dbt_executable() -> str:
     return found
 
 
-def _dbt_build(settings: Settings, start: date, end: date, progress: Progress) -> None:
+def _dbt_build(
+    settings: Settings, start: date, end: date, progress: Progress, log: TextIO | None = None
+) -> None:
     state = dbt_state_dir(settings)
     target = state / "target"
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -162,18 +222,18 @@ def _dbt_build(settings: Settings, start: date, end: date, progress: Progress) -
         "--exclude-resource-type", "unit_test",
     ]  # fmt: skip
     lines: list[str] = []
-    with subprocess.Popen(
-        command,
-        env=dbt_environment(settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line.rstrip())
+
+    def hear(line: str) -> None:
+        lines.append(line.rstrip())
+        if log is not None:
+            log.write(line if line.endswith("\n") else line + "\n")
+        else:
             progress(line.strip())
-    if process.returncode == 0:
+
+    returncode = stream_output(command, dbt_environment(settings), hear)
+    if log is not None:
+        log.flush()
+    if returncode == 0:
         return
     failures = _dbt_failures(results)
     where = f"dbt log: {state / 'logs' / 'dbt.log'}"
@@ -183,9 +243,20 @@ def _dbt_build(settings: Settings, start: date, end: date, progress: Progress) -
         )
     tail = "\n".join(lines[-15:])
     raise FeatureError(
-        f"dbt build for {end} failed (exit {process.returncode}); "
+        f"dbt build for {end} failed (exit {returncode}); "
         f"nothing was materialised ({where}):\n{tail}"
     )
+
+
+def stream_output(command: list[str], env: dict[str, str], hear: Callable[[str], None]) -> int:
+    """Run ``command``, handing each line of its stdout and stderr to ``hear``; its exit code."""
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            hear(line)
+    return process.returncode
 
 
 def _dbt_failures(results: Path) -> list[str]:
