@@ -6,6 +6,10 @@ four agents, streams live simulated events at a steady rate, waits until every o
 scored or dead-lettered, and reads the summary from ClickHouse through the worker's
 ``POST /sql`` endpoint (chDB: the worker owns the data path while it runs). Everything it
 started it stops again, on errors and Ctrl-C too; the broker only if it was not running.
+
+Given ``logs``, each step's own output (Feast's prints and progress bars, librdkafka's
+and ONNX Runtime's lines, warnings, log records on stderr) goes to ``logs/<step>.log``
+instead of the terminal, so only the progress display and the summary are printed.
 """
 
 from __future__ import annotations
@@ -158,7 +162,9 @@ class DemoSummary:
     decisions: dict[str, int] = field(default_factory=dict)
     human_review: int = 0
     dlq: dict[str, int] = field(default_factory=dict)
-    latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p99, max
+    latency_ms: dict[str, float] = field(default_factory=dict)  # produce→queryable p50, p99, max
+    # produce→decision (a reader of the decisions topic): p50, p99, max; empty until measured
+    decision_latency_ms: dict[str, float] = field(default_factory=dict)
     merchants: list[MerchantRisk] = field(default_factory=list)
     agreement: list[Agreement] = field(default_factory=list)
     models: dict[str, tuple[str, str]] = field(default_factory=dict)  # version → (role, provider)
@@ -191,12 +197,19 @@ def format_summary(summary: DemoSummary) -> list[str]:
     lines.append(f"dead letters            {summary.dead:>9,}  (expected {expected_dead:,})")
     for reason, count in sorted(summary.dlq.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {reason:22}{count:>9,}")
-    if summary.latency_ms:
-        p50, p99 = summary.latency_ms.get("p50", 0.0), summary.latency_ms.get("p99", 0.0)
-        worst = summary.latency_ms.get("max", 0.0)
-        lines.append(
-            f"latency produce→queryable  p50 {p50:,.0f} ms  p99 {p99:,.0f} ms  max {worst:,.0f} ms"
-        )
+    for what, latency in (
+        ("decision", summary.decision_latency_ms),
+        ("queryable", summary.latency_ms),
+    ):
+        if latency:
+            p50, p99 = latency.get("p50", 0.0), latency.get("p99", 0.0)
+            worst = latency.get("max", 0.0)
+            lines.append(
+                f"latency produce→{what:9}  p50 {p50:,.0f} ms  p99 {p99:,.0f} ms  "
+                f"max {worst:,.0f} ms"
+            )
+        elif what == "decision" and summary.latency_ms:
+            lines.append("latency produce→decision   not measured: needs the decisions topic")
     if summary.merchants:
         lines.append("riskiest merchants (mean champion score, ≥ min events):")
         lines.append(f"  {'merchant':14}{'country':>8}{'events':>8}{'decline':>9}{'score':>8}")
@@ -220,6 +233,55 @@ def format_summary(summary: DemoSummary) -> list[str]:
 
 def _share(part: int, whole: int) -> str:
     return f"({part / whole:.1%})" if whole else ""
+
+
+DECISION_LATENCY_NOTE = (
+    "decision_p50_ms and decision_p99_ms (event produced → its decision read from the "
+    "decisions topic) arrive with the decisions topic; until then they are null"
+)
+
+
+def summary_json(summary: DemoSummary) -> dict[str, Any]:
+    """The summary as one JSON-ready object (``streamscore demo --json``).
+
+    Latencies are milliseconds, null when not measured; ``notes`` says why one is missing.
+    """
+    notes: list[str] = []
+    decision, queryable = summary.decision_latency_ms, summary.latency_ms
+    if not decision:
+        notes.append(DECISION_LATENCY_NOTE)
+    if not queryable:
+        notes.append("nothing was scored: no produce → queryable latency")
+    rate = summary.produced / summary.produce_seconds if summary.produce_seconds else None
+    return {
+        "complete": summary.complete,
+        "raw_topic": summary.raw_topic,
+        "produced": summary.produced,
+        "produced_per_s": round(rate, 1) if rate is not None else None,
+        "scored": summary.scored,
+        "expected_scored": summary.expected_valid,
+        "dead": summary.dead,
+        "expected_dead": sum(summary.expected_dead.values()),
+        "dead_by_reason": dict(sorted(summary.dlq.items())),
+        "expected_dead_by_reason": dict(sorted(summary.expected_dead.items())),
+        "decisions": dict(sorted(summary.decisions.items())),
+        "human_review": summary.human_review,
+        "decision_p50_ms": decision.get("p50"),
+        "decision_p99_ms": decision.get("p99"),
+        "decision_max_ms": decision.get("max"),
+        "queryable_p50_ms": queryable.get("p50"),
+        "queryable_p99_ms": queryable.get("p99"),
+        "queryable_max_ms": queryable.get("max"),
+        "models": [
+            {"model": version, "role": role, "provider": provider}
+            for version, (role, provider) in sorted(
+                summary.models.items(), key=lambda kv: (kv[1][0], kv[0])
+            )
+        ],
+        "durations_s": dict(summary.durations_s),
+        "total_s": summary.total_seconds,
+        "notes": notes,
+    }
 
 
 # -- the worker's read-only SQL endpoint ------------------------------------------------
@@ -346,19 +408,64 @@ def delete_run_topics(settings: Settings) -> None:
 # -- the run ------------------------------------------------------------------------------
 
 
-class _Steps:
-    """Times named steps and drives the observer."""
+@contextlib.contextmanager
+def captured_output(path: Path) -> Iterator[Path]:
+    """While it lasts, everything this process writes to stdout and stderr is appended to
+    ``path``: Python's ``print``, warnings, log handlers and progress bars on sys.stdout or
+    sys.stderr, and what C libraries (librdkafka, ONNX Runtime) and child processes that
+    inherit the streams write to file descriptors 1 and 2.
 
-    def __init__(self, observer: Observer, durations: dict[str, float]) -> None:
+    Process-wide: whoever wants to keep writing to the terminal meanwhile (the progress
+    display) writes to a duplicate of the terminal's descriptor made beforehand.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = (os.dup(1), os.dup(2))
+    # Append mode on every handle, so writes through the descriptors and the text file
+    # land in order instead of over each other.
+    with path.open("a", encoding="utf-8", errors="replace", buffering=1) as out:
+        try:
+            os.dup2(out.fileno(), 1)
+            os.dup2(out.fileno(), 2)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                yield path
+        finally:
+            for stream in (sys.stdout, sys.stderr, out):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+class _Steps:
+    """Times named steps, drives the observer, and sends each step's output to its log."""
+
+    def __init__(
+        self, observer: Observer, durations: dict[str, float], logs: Path | None = None
+    ) -> None:
         self.observer = observer
         self.durations = durations
+        self.logs = logs
 
     @contextlib.contextmanager
     def step(self, name: str, description: str, total: float | None = None) -> Iterator[None]:
         began = time.perf_counter()
         self.observer.begin(name, description, total)
+        log = self.logs / f"{name}.log" if self.logs is not None else None
         try:
-            yield
+            with contextlib.ExitStack() as output:
+                if log is not None:
+                    log.unlink(missing_ok=True)  # this run's output only
+                    output.enter_context(captured_output(log))
+                yield
+        except BaseException:
+            if log is not None:
+                self.observer.say(f"{name} failed; its output is in {log}")
+            raise
         finally:
             self.observer.end()
             self.durations[name] = round(time.perf_counter() - began, 2)
@@ -381,15 +488,23 @@ def demo_settings(settings: Settings, tag: str) -> Settings:
 
 
 def run_demo(
-    settings: Settings, config: DemoConfig = DemoConfig(), observer: Observer | None = None
+    settings: Settings,
+    config: DemoConfig = DemoConfig(),
+    observer: Observer | None = None,
+    *,
+    logs: Path | None = None,
 ) -> DemoSummary:
-    """Run the whole job once; the summary of what ClickHouse holds for this run."""
+    """Run the whole job once; the summary of what ClickHouse holds for this run.
+
+    ``logs``: a folder where each step's output goes (``<step>.log``, see
+    :func:`captured_output`); None leaves the output where it is.
+    """
     from streams.infra.kafka import LocalKafka
 
     total = config.total_events  # check the arguments before starting anything
     obs = observer or QuietObserver()
     summary = DemoSummary()
-    steps = _Steps(obs, summary.durations_s)
+    steps = _Steps(obs, summary.durations_s, logs)
     demo = demo_settings(settings, uuid.uuid4().hex[:6])
     log = demo.home / "demo-worker.log"
     with contextlib.ExitStack() as cleanup:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import warnings
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
+import orjson
 
 from streams.settings import Settings
 
@@ -53,6 +55,12 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 @click.option("--history-days", default=90, show_default=True, help="Days of history.")
 @click.option("--invalid-fraction", default=0.03, show_default=True, help="Share of bad records.")
 @click.option("--shadow/--no-shadow", default=True, show_default=True, help="MLP shadow model.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary as one JSON object on stdout (progress goes to stderr).",
+)
 @click.pass_obj
 def demo(
     settings: Settings,
@@ -63,6 +71,7 @@ def demo(
     history_days: int,
     invalid_fraction: float,
     shadow: bool,
+    as_json: bool,
 ) -> None:
     """History → nightly features → trained models → worker → live stream → summary.
 
@@ -70,8 +79,10 @@ def demo(
     STREAMSCORE_HOME (models in <home>/models), streams live transactions with fraud and
     invalid records through a worker running every agent, waits until each one is scored
     or dead-lettered, and prints what ClickHouse holds for this run. Stops what it
-    started, on Ctrl-C too.
+    started, on Ctrl-C too. Each step's own output (dbt, Feast, Kafka clients) goes to
+    <home>/demo-logs/<step>.log; the worker's to <home>/demo-worker.log.
     """
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -81,7 +92,7 @@ def demo(
         TimeElapsedColumn,
     )
 
-    from streams.demo import DemoConfig, format_summary, run_demo
+    from streams.demo import DemoConfig, format_summary, run_demo, summary_json
 
     if rate <= 0 and events is None:
         raise click.BadParameter("--rate 0 (flat out) needs --events", param_hint="--events")
@@ -100,14 +111,23 @@ def demo(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+    logs = settings.home / "demo-logs"
+    # The display writes to its own copy of the terminal's descriptor: while a step runs,
+    # descriptors 1 and 2 point at that step's log (streams.demo.captured_output).
+    terminal = os.fdopen(os.dup(2 if as_json else 1), "w", encoding="utf-8", buffering=1)
     try:
-        with Progress(*columns, transient=False) as progress:
-            summary = run_demo(settings, config, RichObserver(progress))
+        console = Console(file=terminal)
+        with Progress(*columns, console=console, transient=False) as progress:
+            summary = run_demo(settings, config, RichObserver(progress), logs=logs)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    click.echo("")
-    for line in format_summary(summary):
-        click.echo(line)
+        terminal.close()
+    if as_json:
+        click.echo(orjson.dumps(summary_json(summary)).decode())
+    else:
+        click.echo("")
+        for line in format_summary(summary):
+            click.echo(line)
     if not summary.complete:
         raise click.ClickException(
             f"not every event was scored or dead-lettered within {config.drain_timeout_s:.0f}s; "

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streams.demo import (
+    DECISION_LATENCY_NOTE,
     Agreement,
     DemoConfig,
     DemoSummary,
     MerchantRisk,
     Pacer,
+    QuietObserver,
+    _Steps,
+    captured_output,
     demo_settings,
     format_summary,
     fraud_rate_for,
+    summary_json,
 )
 from streams.settings import Settings
 
@@ -115,6 +125,7 @@ def test_summary_names_every_number_the_demo_promises() -> None:
     assert "human review                 12  (1.2%)" in text
     assert "dead letters                   30  (expected 30)" in text
     assert "p50 12 ms  p99 49 ms" in text
+    assert "latency produce→decision   not measured" in text  # until the decisions topic
     assert "m_000042" in text and "6.5%" in text and "0.412" in text
     assert "98.7% same decision over 1,000 events" in text
     assert "fraud_lightgbm-1 (champion) on ONNX Runtime CPUExecutionProvider" in text
@@ -132,3 +143,101 @@ def test_summary_of_an_empty_run_has_no_division_by_zero() -> None:
     assert any("events scored" in line for line in lines)
     assert not any("latency" in line for line in lines)
     assert not any("shadow" in line for line in lines)
+
+
+def test_summary_json_has_every_promised_key_with_decision_latency_null_until_measured() -> None:
+    data = orjson.loads(orjson.dumps(summary_json(summary())))  # JSON all the way
+    assert data["scored"] == 1000 and data["expected_scored"] == 1000
+    assert data["dead"] == 30 and data["expected_dead"] == 30
+    assert data["dead_by_reason"] == {"not_json": 5, "schema_violation": 25}
+    assert data["queryable_p50_ms"] == 12.4 and data["queryable_p99_ms"] == 48.6
+    assert data["decision_p50_ms"] is None and data["decision_p99_ms"] is None
+    assert data["notes"] == [DECISION_LATENCY_NOTE]
+    assert data["models"] == [
+        {"model": "fraud_lightgbm-1", "role": "champion", "provider": "CPUExecutionProvider"}
+    ]
+    assert data["complete"] is True and data["produced"] == 1030
+    assert data["produced_per_s"] == 1000.0 and data["total_s"] == 90.0
+
+
+def test_summary_json_and_text_carry_decision_latency_once_measured() -> None:
+    measured = summary()
+    measured.decision_latency_ms = {"p50": 7.8, "p99": 24.0, "max": 31.0}
+    measured.models["fraud_mlp-1"] = ("shadow", "CUDAExecutionProvider")
+    data = summary_json(measured)
+    assert (data["decision_p50_ms"], data["decision_p99_ms"]) == (7.8, 24.0)
+    assert data["notes"] == []
+    assert [m["role"] for m in data["models"]] == ["champion", "shadow"]
+    text = "\n".join(format_summary(measured))
+    assert "latency produce→decision   p50 8 ms  p99 24 ms" in text
+    assert "latency produce→queryable  p50 12 ms  p99 49 ms" in text
+
+
+def test_summary_json_of_an_empty_run_says_what_is_missing() -> None:
+    data = summary_json(DemoSummary())
+    assert data["scored"] == 0 and data["queryable_p99_ms"] is None
+    assert data["produced_per_s"] is None and data["models"] == []
+    assert len(data["notes"]) == 2
+
+
+def test_captured_output_takes_python_c_level_and_child_output(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "logs" / "nightly.log"
+    # A handler set up before the step on the process's stderr, descriptor 2 (pytest's own
+    # sys.stderr is not on it).
+    stderr = open(2, "w", closefd=False)  # noqa: SIM115 - closed below, fd 2 stays open
+    logger = logging.getLogger("streams.test.demo")
+    handler = logging.StreamHandler(stderr)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with captured_output(log):
+            print("a print")
+            logger.warning("a warning record")
+            os.write(1, b"fd one\n")  # as librdkafka or ONNX Runtime write
+            os.write(2, b"fd two\n")
+            subprocess.run([sys.executable, "-c", "print('a child')"], check=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+        stderr.close()
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    text = log.read_text()
+    for line in ("a print", "a warning record", "fd one", "fd two", "a child"):
+        assert line in text, (line, text)
+    print("back")
+    os.write(2, b"back on fd two\n")
+    out, err = capfd.readouterr()
+    assert out == "back\n" and err == "back on fd two\n"
+
+
+class Said(QuietObserver):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def test_a_failed_step_names_its_log_and_the_log_holds_its_output(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    observer, durations = Said(), {}
+    steps = _Steps(observer, durations, tmp_path / "demo-logs")
+    with steps.step("setup", "fine"):
+        print("setup talks")
+    with pytest.raises(RuntimeError), steps.step("nightly", "breaks"):
+        print("Materializing 3 feature views")
+        raise RuntimeError("dbt failed")
+    assert capfd.readouterr().out == ""
+    assert (tmp_path / "demo-logs" / "setup.log").read_text() == "setup talks\n"
+    nightly = tmp_path / "demo-logs" / "nightly.log"
+    assert "Materializing" in nightly.read_text()
+    assert observer.lines == [f"nightly failed; its output is in {nightly}"]
+    assert set(durations) == {"setup", "nightly"}
+    # Without a folder nothing is captured.
+    with _Steps(observer, {}).step("stream", "plain"):
+        print("shown")
+    assert capfd.readouterr().out == "shown\n"
