@@ -1,8 +1,9 @@
 """The main job end to end on local defaults: bootstrap a world, stream live events, summarise.
 
 ``run_demo`` starts the local broker if needed, bootstraps a simulated history (nightly
-features, a trained and promoted champion plus an MLP shadow), starts a worker with all
-four agents, streams live simulated events at a steady rate, waits until every one is
+features, a trained and promoted champion plus an MLP shadow), starts a worker (score,
+sink, dlq, lake), streams live simulated events at a steady rate on the wall clock, times
+each decision as a reader of the decisions topic receives it, waits until every event is
 scored or dead-lettered, and reads the summary from ClickHouse through the worker's
 ``POST /sql`` endpoint (chDB: the worker owns the data path while it runs). Everything it
 started it stops again, on errors and Ctrl-C too; the broker only if it was not running.
@@ -23,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+import orjson
 
 from streams.errors import InfraError, StreamscoreError
 from streams.settings import Settings
@@ -209,7 +213,7 @@ def format_summary(summary: DemoSummary) -> list[str]:
                 f"max {worst:,.0f} ms"
             )
         elif what == "decision" and summary.latency_ms:
-            lines.append("latency produce→decision   not measured: needs the decisions topic")
+            lines.append("latency produce→decision   not measured (no decision received)")
     if summary.merchants:
         lines.append("riskiest merchants (mean champion score, ≥ min events):")
         lines.append(f"  {'merchant':14}{'country':>8}{'events':>8}{'decline':>9}{'score':>8}")
@@ -237,7 +241,7 @@ def _share(part: int, whole: int) -> str:
 
 DECISION_LATENCY_NOTE = (
     "decision_p50_ms and decision_p99_ms (event produced → its decision read from the "
-    "decisions topic) arrive with the decisions topic; until then they are null"
+    "decisions topic) are null: no decision was received with a produce time"
 )
 
 
@@ -520,7 +524,7 @@ def run_demo(
             _setup(demo)
         cleanup.callback(delete_run_topics, demo)
         _bootstrap(demo, config, steps)
-        with steps.step("worker", "starting the worker (ingest, score, dlq, lake)"):
+        with steps.step("worker", "starting the worker (score, sink, dlq, lake)"):
             worker = start_worker(demo, log, STREAMSCORE_AGENTS="score,sink,dlq,lake")
             cleanup.callback(stop_worker, worker)
             sql = WorkerSql(demo.web_port, demo.clickhouse_database, demo.home)
@@ -528,15 +532,88 @@ def run_demo(
             while not sql.ready():
                 check_alive(worker, log)
                 time.sleep(0.2)
+            clock = DecisionReader(demo)  # a reader of the decisions topic, from the start
+            clock.start()
+            cleanup.callback(clock.done.set)
+            if not clock.ready.wait(60):
+                raise InfraError("the decisions topic's reader got no partitions within 60 s")
         with steps.step("stream", f"streaming {total:,} live events", total):
             _stream(demo, config, total, summary, obs)
         with steps.step("drain", "waiting for every event", summary.produced):
             summary.complete = _drain(sql, summary, config.drain_timeout_s, obs, worker, log)
         with steps.step("summary", "querying ClickHouse"):
+            clock.wait_for(summary.expected_valid, timeout=30)
             read_summary(sql, summary, config.min_merchant_events)
+            summary.decision_latency_ms = latency_percentiles(clock.latencies)
         with steps.step("stop", "stopping what the demo started"):
             cleanup.close()
     return summary
+
+
+class DecisionReader(threading.Thread):
+    """Reads the decisions topic while events are produced, as a downstream consumer would:
+    per decision, its raw record's produce time → received here, in ms (``latencies``).
+    ``ready`` is set once partitions are assigned; ``done`` stops it."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="demo-decisions", daemon=True)
+        self.settings = settings
+        self.latencies: list[float] = []
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from streams.kafka import make_consumer
+        from streams.topics import PREDICTIONS, topic_name
+
+        try:
+            consumer = make_consumer(self.settings, f"{self.settings.app_id}-decisions-reader")
+            consumer.subscribe(
+                [topic_name(self.settings, PREDICTIONS)], on_assign=lambda *_: self.ready.set()
+            )
+            try:
+                while not self.done.is_set():
+                    got = consumer.consume(num_messages=10_000, timeout=0.02)
+                    received_ms = time.time() * 1000
+                    for message in got:
+                        if message.error() is None:
+                            self.latencies.extend(_decision_latency(message.value(), received_ms))
+            finally:
+                consumer.close()
+        except BaseException as exc:  # reported by wait_for, on the caller's thread
+            self.error = exc
+            self.ready.set()
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        """Until ``count`` decisions were timed (or ``timeout``), then stop."""
+        deadline = time.monotonic() + timeout
+        while len(self.latencies) < count and time.monotonic() < deadline and self.is_alive():
+            time.sleep(0.1)
+        self.done.set()
+        self.join(30)
+        if self.error is not None:
+            raise InfraError(f"reading the decisions topic failed: {self.error}")
+
+
+def _decision_latency(value: bytes | None, received_ms: float) -> list[float]:
+    """[received - produced] for one decision message, [] when it carries no produce time."""
+    body = orjson.loads(value or b"{}")
+    produced = body.get("produced_at_ms") if isinstance(body, dict) else None
+    return [received_ms - float(produced)] if isinstance(produced, int | float) else []
+
+
+def latency_percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p99 and max (ms, one decimal) as ClickHouse's quantileExact picks them (the
+    element at ``level × n`` of the sorted values); empty for no values."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pick(level: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(level * len(ordered)))], 1)
+
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1], 1)}
 
 
 def _setup(settings: Settings) -> None:

@@ -19,11 +19,13 @@ from streams.demo import (
     MerchantRisk,
     Pacer,
     QuietObserver,
+    _decision_latency,
     _Steps,
     captured_output,
     demo_settings,
     format_summary,
     fraud_rate_for,
+    latency_percentiles,
     summary_json,
 )
 from streams.settings import Settings
@@ -241,3 +243,19 @@ def test_a_failed_step_names_its_log_and_the_log_holds_its_output(
     with _Steps(observer, {}).step("stream", "plain"):
         print("shown")
     assert capfd.readouterr().out == "shown\n"
+
+
+def test_decision_latency_is_received_minus_the_raw_records_produce_time() -> None:
+    decision = orjson.dumps({"event_id": "e1", "produced_at_ms": 1_000, "score": 0.1})
+    assert _decision_latency(decision, 1_012.5) == [12.5]
+    assert _decision_latency(orjson.dumps({"event_id": "e1"}), 1_012.5) == []
+    assert _decision_latency(orjson.dumps([1, 2]), 5.0) == []
+    assert _decision_latency(None, 5.0) == []
+
+
+def test_latency_percentiles_pick_as_clickhouse_quantile_exact_does() -> None:
+    values = [float(v) for v in range(100, 0, -1)]  # 1..100, unsorted
+    # quantileExact(level) is the sorted array's element at int(level * n).
+    assert latency_percentiles(values) == {"p50": 51.0, "p99": 100.0, "max": 100.0}
+    assert latency_percentiles([3.14159]) == {"p50": 3.1, "p99": 3.1, "max": 3.1}
+    assert latency_percentiles([]) == {}
