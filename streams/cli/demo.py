@@ -77,7 +77,8 @@ def demo(
 
     Starts the local Kafka broker if needed, bootstraps a simulated world in
     STREAMSCORE_HOME (models in <home>/models), streams live transactions with fraud and
-    invalid records through a worker running every agent, waits until each one is scored
+    invalid records (event times on the wall clock) through a worker (score, sink, dlq,
+    lake), times each decision on the decisions topic, waits until every event is scored
     or dead-lettered, and prints what ClickHouse holds for this run. Stops what it
     started, on Ctrl-C too. Each step's own output (dbt, Feast, Kafka clients) goes to
     <home>/demo-logs/<step>.log; the worker's to <home>/demo-worker.log.
