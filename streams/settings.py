@@ -143,11 +143,13 @@ class Settings(BaseSettings):
         default_factory=_default_worker_id, description="STREAMSCORE_WORKER_ID: in DLQ headers."
     )
     agents: str = Field(
-        default="dlq,ingest,labels,lake,score,sink",
+        default="dlq,labels,lake,score,sink",
         description=(
-            "STREAMSCORE_AGENTS: comma-separated agents this worker runs (ingest, score, "
-            "sink, dlq, labels, lake); run stages in separate processes to scale them "
-            "independently. score decides on Kafka; sink writes its rows to ClickHouse."
+            "STREAMSCORE_AGENTS: comma-separated agents this worker runs (score, sink, dlq, "
+            "labels, lake, ingest); run stages in separate processes to scale them "
+            "independently. score reads the raw topics, validates, decides on Kafka and "
+            "hands valid events off; sink writes its rows to ClickHouse; ingest validates "
+            "and hands off without scoring (not together with score, which ingests)."
         ),
     )
     score_batch_size: int = Field(
@@ -341,6 +343,11 @@ class Settings(BaseSettings):
         unknown = names - set(AGENTS)
         if not names or unknown:
             raise ValueError(f"agents must name some of: {', '.join(AGENTS)} (got {value!r})")
+        if {"ingest", "score"} <= names:
+            raise ValueError(
+                "agents: score reads the raw topics and validates itself; with ingest too, "
+                "every event would be handed off twice (drop ingest)"
+            )
         return ",".join(sorted(names))
 
     @model_validator(mode="after")

@@ -59,7 +59,7 @@ def build_app(settings: Settings) -> faust.App:
         if "labels" in settings.agent_names:
             register_labels_agent(app, settings, gateway)
         if "score" in settings.agent_names:
-            register_score_agent(app, settings, gateway, metrics=metrics)
+            register_score_agent(app, settings, gateway, metrics=metrics, registry=registry)
         if "sink" in settings.agent_names:
             register_sink_agent(app, settings, gateway, metrics=metrics)
     if settings.nightly_cron:

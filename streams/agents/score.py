@@ -1,19 +1,26 @@
-"""The scoring agent: valid events → features → every model → decisions, review, scored rows.
+"""The fused scoring stage: raw records → guards, validation → features → every model →
+decisions, review, scored rows, the valid hand-off and the DLQ, in one pass per batch.
 
-Per batch (bounded by ``score_batch_size`` and ``score_batch_seconds``):
+Per batch of raw records (bounded by ``score_batch_size`` and ``score_batch_seconds``):
 
-1. drop copies already scored (``SourceMarks``, loaded from ClickHouse on assignment);
-2. decode, look up features, score with the champion and every challenger, decide, and
-   encode the ``predictions`` rows as Arrow IPC (``streams.scoring.pipeline``,
-   ``streams.sinks.scored``; pure, run in a thread);
+1. guards, parse and validate every record (``streams.ingest``, in a thread); valid events
+   go on to their hand-off topic (for the lake and the labels stage), invalid ones to the
+   DLQ with their original bytes (``streams.sinks.handoff``);
+2. the valid events of this stage's type: drop copies already scored (``SourceMarks``,
+   loaded from ClickHouse on assignment), decode, look up features, score with the
+   champion and every challenger, decide, and encode the ``predictions`` rows and drift
+   deltas as Arrow IPC (``streams.scoring.pipeline``, ``streams.sinks.scored``; pure, in a
+   thread);
 3. send one decision per event to the decisions (``predictions``) topic, the
    low-confidence ones with full context to the review topic, and the rows to the scored
-   topic for the ClickHouse sink stage (``streams.agents.sink``); wait for the acks;
-4. return, and only then does ``BatchAgent`` store the batch's offsets.
+   topic for the ClickHouse sink stage (``streams.agents.sink``); wait for every ack;
+4. return, and only then does ``BatchAgent`` store the raw offsets.
 
-No decision waits for ClickHouse. A failed send exits the process (code 72) before offsets
-move; the batch is scored again after the restart (its decisions may be read twice, with
-the same event id and model version; the sink drops its rows as copies).
+One Kafka hop from producer to decision, one consumer group. No decision waits for
+ClickHouse. A failed send exits the process (code 72) before offsets move; the batch is
+read again after the restart (its decisions may be read twice, with the same event id and
+model version; the sink drops its rows as copies; the hand-off carries the raw
+coordinates, which the lake and labels stages key on).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import orjson
 from confluent_kafka import Message
 
 from streams.agents.batching import BatchAgent, now_ms, timestamp_ms
+from streams.agents.ingest import to_raw_record
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.errors import DeliveryError
 from streams.features.online import OnlineFeatures
@@ -41,12 +49,13 @@ from streams.headers import (
     SOURCE_TIMESTAMP,
     SOURCE_TOPIC,
 )
-from streams.ingest import DeadLetter, RawRecord
+from streams.ingest import DeadLetter, Limits, RawRecord, ingest_batch
 from streams.kafka import make_producer
 from streams.monitoring.drift import DriftDeltas
 from streams.monitoring.metrics import WorkerMetrics
 from streams.monitoring.stream import DriftMonitor
 from streams.redact import redact
+from streams.schemas.registry import SchemaRegistry
 from streams.scoring.modelset import ModelHolder, ModelSet
 from streams.scoring.pipeline import (
     DecodedBatch,
@@ -63,7 +72,7 @@ from streams.settings import Settings
 from streams.sinks.clickhouse import PredictionsSink, SourceMarks
 from streams.sinks.handoff import KafkaHandoff
 from streams.sinks.scored import DRIFT_HEADERS, Headers, encode_scored, encode_table
-from streams.topics import PREDICTIONS, REVIEW, raw_topic, scored_topic, topic_name, valid_topic
+from streams.topics import PREDICTIONS, REVIEW, raw_topic, raw_topics, scored_topic, topic_name
 
 log = logging.getLogger("streams.agents.score")
 
@@ -101,6 +110,20 @@ def to_valid_event(message: Message) -> ValidEvent:
 
 
 _WANTED = frozenset((SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, SOURCE_TIMESTAMP, INGESTED_AT))
+
+
+def scoring_event(record: RawRecord, picked_up_ms: int) -> ValidEvent:
+    """A validated raw record as the scoring pipeline reads it: it is its own source, and the
+    raw partition and offset stand where a hand-off topic's would."""
+    return ValidEvent(
+        record.partition,
+        record.offset,
+        (record.topic, record.partition, record.offset),
+        record.timestamp_ms,
+        picked_up_ms,
+        record.key,
+        record.value or b"",
+    )
 
 
 def model_rows(models: ModelSet, settings: Settings) -> list[list[object]]:
@@ -161,12 +184,18 @@ class Scoring:
         event_type: str = "transaction",
         features: OnlineFeatures | None = None,
         holder: ModelHolder | None = None,
+        registry: SchemaRegistry | None = None,
         run: str = "live",
     ) -> None:
         self.settings = settings
         self.gateway = gateway
         self.event_type = event_type
-        self.topic = valid_topic(settings, event_type)
+        # The partitions this stage reads: scored rows carry them as ``handoff_partition``
+        # (the scored topic has as many), and marks and drift deltas key on them.
+        self.topic = raw_topic(settings)
+        self.topics = raw_topics(settings)
+        self.registry = registry or SchemaRegistry.load(settings.schemas_dir)
+        self.limits = Limits(settings.max_payload_bytes, settings.max_nesting_depth)
         self.run = run
         self.features = features or OnlineFeatures(settings, latest_run=lambda: self._latest_run())
         if features is None and not self.features.refresh_if_newer():
@@ -191,7 +220,9 @@ class Scoring:
         self._failures: list[str] = []
         self._next_reload = time.monotonic() + RELOAD_EVERY_S
         self._registry_mtime = self._registry_stamp()
-        self.counts = {"scored": 0, "review": 0, "copies_dropped": 0, "undecodable": 0}
+        self.counts = {
+            "valid": 0, "dead": 0, "scored": 0, "review": 0, "copies_dropped": 0, "undecodable": 0
+        }  # fmt: skip
         self.metrics: WorkerMetrics | None = None
         self.drift = self._drift_monitor() if settings.drift_enabled else None
         self.record_models()
@@ -305,8 +336,32 @@ class Scoring:
         return Prepared(decoded, scored, closed, encode_scored(scored.predictions), deltas)
 
     async def handle(self, messages: Sequence[Message]) -> None:
+        """One batch of raw records, end to end (see the module docstring)."""
         picked_up = now_ms()
-        events = [to_valid_event(m) for m in messages]
+        records = [to_raw_record(m) for m in messages]
+        accepted, dead = await asyncio.to_thread(ingest_batch, records, self.registry, self.limits)
+        handoff = asyncio.ensure_future(self.handoff.deliver(accepted, dead))
+        events = [
+            scoring_event(a.record, picked_up)
+            for a in accepted
+            if a.schema.event_type == self.event_type
+        ]
+        try:
+            failed = await self.score(events, picked_up)
+        finally:
+            await handoff  # both sends are confirmed before the offsets are stored
+        if failed:
+            await self.dead_letters(failed)
+        self.counts["valid"] += len(accepted)
+        self.counts["dead"] += len(dead)
+        if self.metrics is not None:
+            self.metrics.count("ingest", "valid", len(accepted))
+            self.metrics.count_dlq("ingest", (d.reason for d in dead))
+
+    async def score(
+        self, events: list[ValidEvent], picked_up: int
+    ) -> Sequence[tuple[ValidEvent, str]]:
+        """Score, decide and send ``events``; returns those that could not be decoded."""
         if self.sink.dedup:
             keep = self.marks.select(events)
             if len(keep) < len(events):
@@ -315,13 +370,11 @@ class Scoring:
                     self.metrics.count("score", "copies_dropped", len(events) - len(keep))
                 events = [events[i] for i in keep]
         if not events:
-            return
+            return ()
         prepared = await asyncio.to_thread(self.prepare, events, picked_up)
         decoded, scored = prepared.decoded, prepared.scored
-        if decoded.failed:
-            await self.dead_letters(decoded.failed)
         if scored is None:
-            return
+            return decoded.failed
         if prepared.closed is not None and self.drift is not None:
             summary = await asyncio.to_thread(self.drift.summarise, prepared.closed)
             if self.metrics is not None:
@@ -360,6 +413,7 @@ class Scoring:
             m.observe_latency("end_to_end", (now_ms() - produced) / 1000.0)
             m.count("score", "scored", scored.n_events)
             m.count("score", "review", len(review))
+        return decoded.failed
 
     async def dead_letters(self, failed: Sequence[tuple[ValidEvent, str]]) -> None:
         letters = [
@@ -425,24 +479,27 @@ def register_score_agent(
     gateway: ClickHouseGateway,
     scoring: Callable[[], Scoring] | None = None,
     metrics: WorkerMetrics | None = None,
+    registry: SchemaRegistry | None = None,
 ) -> BatchAgent:
     """Attach the scoring agent to the faust ``app``; returns it."""
     import faust
 
     assert isinstance(app, faust.App)
-    state = scoring() if scoring else Scoring(settings, gateway)
+    state = scoring() if scoring else Scoring(settings, gateway, registry=registry)
     state.metrics = metrics
     if metrics is not None:
         metrics.set_models(state.served_models())
     agent = BatchAgent(
         settings,
         "score",
-        [state.topic],
+        list(state.topics),
         state.handle,
         exit_code=EXIT_SINK_FAILED,
         batch_size=settings.score_batch_size,
         batch_seconds=settings.score_batch_seconds,
         on_assigned=state.on_assigned,
+        # A dead-lettered 10 MB payload must still be fetchable.
+        consumer_config={"max.partition.fetch.bytes": 16 * 1024 * 1024},
         metrics=metrics,
         loop=app.loop,
         beacon=app.beacon,

@@ -39,7 +39,7 @@ import psutil
 from streams.demo import Pacer, delete_run_topics, start_worker, stop_worker, wait_for_groups
 from streams.settings import Settings
 
-AGENTS = "ingest,score,sink,dlq"
+AGENTS = "score,sink,dlq"
 SEED = 7
 GOAL_EPS = 50_000.0
 GOAL_RATIO = 0.5
@@ -476,7 +476,7 @@ def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, 
         worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS)
         clock = DecisionClock(run)
         try:
-            wait_for_groups(run, ("ingest", "score", "sink", "dlq"), worker, log)
+            wait_for_groups(run, ("score", "sink", "dlq"), worker, log)
             clock.start()
             if not clock.ready.wait(60):
                 raise RuntimeError("the decisions consumer got no partitions within 60 s")

@@ -41,20 +41,23 @@ PATH = "/metrics"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # Agents (BatchAgent names): batch sizes and events by outcome are labelled with these.
-BATCH_STAGES = ("ingest", "score", "dlq", "lake")
+BATCH_STAGES = ("ingest", "score", "sink", "dlq", "labels", "lake")
 # streamscore_stage_seconds: a whole batch is labelled with its agent (BATCH_STAGES, via
 # observe_batch), the timed steps inside one with these. The last two are per-event
 # latencies (streamscore_event_latency_seconds, via observe_latency).
 LATENCY_STAGES = (
     "feature_lookup",
     "model",
-    "sink_insert",  # ClickHouse insert, awaited
+    "sink_insert",  # the sink stage's ClickHouse insert (off the decision path)
     "produce_flush",  # predictions/review produce + flush, awaited
     "dlq_insert",
     "end_to_end",  # per event: raw record produced → scored (an array per batch)
     "queue",  # per event: ingested → picked up by the scorer
 )
-OUTCOMES = ("valid", "scored", "dlq", "review", "copies_dropped", "undecodable", "stored")
+OUTCOMES = (
+    "valid", "scored", "dlq", "review", "copies_dropped", "undecodable", "stored", "rows",
+    "late", "future",
+)  # fmt: skip
 
 # 0.5 ms … 60 s: a model call on a batch is milliseconds, end to end is up to seconds.
 LATENCY_BUCKETS = (

@@ -14,20 +14,22 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import TopicPartition
 from pydantic import SecretStr
 
+from streams.agents.batching import group_id
 from streams.infra.kafka import LocalKafka
 from streams.kafka import make_admin, make_consumer, make_producer
 from streams.settings import Settings
 from streams.simulate.records import SimRecord, SimulationConfig, simulate_records
-from streams.topics import PREDICTIONS, raw_topic, topic_name
+from streams.topics import PREDICTIONS, dlq_topic, raw_topic, scored_topic, topic_name
 from tests.planted import PLANTED
 
 pytestmark = pytest.mark.integration
@@ -346,8 +348,10 @@ def wait_for_predictions(
     expected: set[Coordinates],
     timeout: float,
     worker: subprocess.Popen[bytes] | None = None,
+    drained: Sequence[str] = ("sink",),
 ) -> None:
-    """Until every expected raw coordinate has a message on the predictions topic."""
+    """Until every expected raw coordinate has a decision on the predictions topic, and the
+    ``drained`` sink stages have written all they read (their rows are in ClickHouse)."""
     consumer = make_consumer(settings, f"reader-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic_name(settings, PREDICTIONS)])
     missing = set(expected)
@@ -363,6 +367,43 @@ def wait_for_predictions(
     finally:
         consumer.close()
     assert not missing, f"{len(missing)} events never scored, e.g. {sorted(missing)[:3]}"
+    for agent in drained:
+        wait_until_drained(settings, agent, max(5.0, deadline - time.monotonic()), worker)
+
+
+SINK_TOPICS: dict[str, Callable[[Settings], str]] = {
+    "sink": lambda s: scored_topic(s, "transaction"),
+    "dlq": dlq_topic,
+}
+
+
+def wait_until_drained(
+    settings: Settings, agent: str, timeout: float, worker: subprocess.Popen[bytes] | None
+) -> None:
+    """Until ``agent``'s consumer group has committed every offset of its topic: a sink
+    stores offsets only after ClickHouse confirmed, so its rows are all written."""
+    topic = SINK_TOPICS[agent](settings)
+    consumer = make_consumer(settings, group_id(settings, agent))  # never subscribes
+    deadline = time.monotonic() + timeout
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        while True:
+            if worker is not None and worker.poll() is not None:
+                raise AssertionError(f"the worker exited with {worker.returncode}")
+            committed = consumer.committed(wanted, timeout=10)
+            behind = []
+            for tp in committed:
+                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                if high > max(tp.offset, low):  # (an empty partition has nothing to commit)
+                    behind.append(tp.partition)
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{agent} never caught up on {topic} partitions {behind}")
+            time.sleep(0.5)
+    finally:
+        consumer.close()
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -70,7 +70,7 @@ def test_drift_alerts_within_two_windows_and_rarely_otherwise(
     # between partitions than the one-window default for real time.
     # (and as many open windows: at most 4 by default.)
     worker = start_scorer(
-        STREAMSCORE_AGENTS="ingest,score,sink",
+        STREAMSCORE_AGENTS="score,sink",
         STREAMSCORE_DRIFT_LATENESS_WINDOWS="8",
         STREAMSCORE_DRIFT_MAX_OPEN_WINDOWS="9",
     )

@@ -114,7 +114,7 @@ def test_labels_land_once_views_match_python_and_promote_needs_evidence(
         settings, labels_raw, [(x["account_id"].encode(), orjson.dumps(x), headers) for x in labels]
     )
 
-    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score,sink")
+    worker = start_scorer(STREAMSCORE_AGENTS="score,sink")
     messages = read_topic(settings, valid_topic(settings, "label"), len(labels), settle=None)
     predictions = read_topic(settings, topic_name(settings, PREDICTIONS), len(items), settle=None)
     worker.send_signal(signal.SIGTERM)  # chDB: one process at a time

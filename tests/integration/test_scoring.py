@@ -62,8 +62,8 @@ def test_every_valid_event_scored_by_every_model_and_every_invalid_one_stored(
     invalid = {c: r.expected for c, r in landed.items() if r.expected != "accepted"}
     assert valid and invalid
 
-    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score,sink,dlq", STREAMSCORE_LOG_FORMAT="json")
-    wait_for_predictions(settings, valid, timeout=180, worker=worker)
+    worker = start_scorer(STREAMSCORE_AGENTS="score,sink,dlq", STREAMSCORE_LOG_FORMAT="json")
+    wait_for_predictions(settings, valid, timeout=180, worker=worker, drained=("sink", "dlq"))
     time.sleep(2)  # the DLQ agent's batch window
     stop(worker)
     assert_logged_dead_letters(worker, invalid)
@@ -123,7 +123,8 @@ def assert_logged_dead_letters(
     for (topic, _, _), entry in logged.items():
         # a batch is named by its first record; it may span the topic's partitions
         agent, start = entry["batch_id"].split(":", 1)
-        assert agent == "ingest" and start.startswith(f"{topic}/"), entry["batch_id"]
+        # (the score stage validates: dead letters are its batch's)
+        assert agent == "score" and start.startswith(f"{topic}/"), entry["batch_id"]
 
 
 def test_unknown_entities_are_flagged_per_row_not_filled_from_others(
@@ -137,7 +138,7 @@ def test_unknown_entities_are_flagged_per_row_not_filled_from_others(
         event["account_id"] = f"acc_unknown_{event['event_id'][:8]}"
         strangers.append(dataclasses.replace(item, value=orjson.dumps(event)))
     landed = publish(settings, strangers + items[50:])
-    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score,sink")
+    worker = start_scorer(STREAMSCORE_AGENTS="score,sink")
     wait_for_predictions(settings, set(landed), timeout=180, worker=worker)
     stop(worker)
     flagged = query(
@@ -171,7 +172,7 @@ def test_sigkill_many_times_gives_exactly_one_row_per_event_and_model(
         target=lambda: landed.update(publish(settings, items, rate=250)), daemon=True
     )
     env = {
-        "STREAMSCORE_AGENTS": "ingest,score,sink,dlq",
+        "STREAMSCORE_AGENTS": "score,sink,dlq",
         "STREAMSCORE_SINK_DEDUP": str(dedup).lower(),
     }
     # No background merges in this test: ReplacingMergeTree would fold duplicates at merge
@@ -201,7 +202,7 @@ def test_sigkill_many_times_gives_exactly_one_row_per_event_and_model(
     publisher.join()
     worker = start_scorer(**env)
     valid = {c for c, r in landed.items() if r.expected == "accepted"}
-    wait_for_predictions(settings, valid, timeout=240, worker=worker)
+    wait_for_predictions(settings, valid, timeout=240, worker=worker, drained=("sink", "dlq"))
     time.sleep(2)
     stop(worker)
 
@@ -227,7 +228,7 @@ def test_replay_twice_adds_nothing_and_another_model_adds_one_row_per_event(
     settings = scoring_settings
     landed = publish(settings, records(600, invalid_fraction=0.05, seed=14))
     valid = {c for c, r in landed.items() if r.expected == "accepted"}
-    worker = start_scorer(STREAMSCORE_AGENTS="ingest,score,sink")
+    worker = start_scorer(STREAMSCORE_AGENTS="score,sink")
     wait_for_predictions(settings, valid, timeout=180, worker=worker)
     stop(worker)
     before = query(settings, "select count() from {db}.predictions")[0][0]
