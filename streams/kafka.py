@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from streams.errors import ConfigError
+from streams.kafka_logging import librdkafka_logger
 from streams.redact import redact
 from streams.settings import Settings
 
@@ -51,7 +52,12 @@ def kafka_security_config(settings: Settings) -> dict[str, str]:
 
 
 def _base(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.bootstrap_servers, **kafka_security_config(settings)}
+    # librdkafka's own log lines go to Python logging (streams.librdkafka), not stderr.
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "logger": librdkafka_logger(),
+        **kafka_security_config(settings),
+    }
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:

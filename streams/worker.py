@@ -69,9 +69,17 @@ def build_app(settings: Settings) -> faust.App:
 
 
 def nightly_job(
-    settings: Settings, run: Callable[[Settings], NightlyRun] = run_nightly
+    settings: Settings, run: Callable[[Settings], NightlyRun] | None = None
 ) -> Callable[[], Awaitable[None]]:
-    """The worker's nightly crontab: ``run`` in a thread; a failure is logged, never raised."""
+    """The worker's nightly crontab: ``run`` in a thread; a failure is logged, never raised.
+
+    By default dbt's and Feast's own output goes to ``<home>/nightly.log``, not into the
+    worker's log lines.
+    """
+    if run is None:
+
+        def run(s: Settings) -> NightlyRun:
+            return run_nightly(s, output=s.home / "nightly.log")
 
     async def nightly() -> None:
         try:

@@ -201,8 +201,11 @@ class LocalKafka:
             return
         cluster_id = self.state_dir / "cluster.id"
         if not cluster_id.is_file():
-            # KRaft cluster ids are 16 random bytes, URL-safe base64 without padding.
-            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            # KRaft cluster ids are 16 random bytes, URL-safe base64 without padding; like
+            # Kafka's Uuid.randomUuid, never one starting with '-' (read as an option).
+            raw = "-"
+            while raw.startswith("-"):
+                raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             cluster_id.write_text(raw + "\n")
         result = subprocess.run(
             self._java(
