@@ -301,10 +301,7 @@ class Scoring:
     async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
         mine = [p for t, p in partitions if t == self.topic]
         for partition in mine:
-            if self.sink.dedup:
-                marks = await asyncio.to_thread(self.sink.live_marks, self.event_type, partition)
-            else:
-                marks = {}
+            marks = await asyncio.to_thread(self.sink.marks, self.event_type, partition)
             self.marks.load(partition, marks)
             log.info(
                 "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)

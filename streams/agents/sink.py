@@ -54,10 +54,7 @@ class PredictionsSinkStage:
 
     async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
         for _, partition in (p for p in partitions if p[0] == self.topic):
-            if self.sink.dedup:
-                marks = await asyncio.to_thread(self.sink.live_marks, self.event_type, partition)
-            else:
-                marks = {}
+            marks = await asyncio.to_thread(self.sink.marks, self.event_type, partition)
             self.marks.load(partition, marks)
             log.info(
                 "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)

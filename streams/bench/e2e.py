@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -36,7 +35,14 @@ import click
 import orjson
 import psutil
 
-from streams.demo import Pacer, delete_run_topics, start_worker, stop_worker, wait_for_groups
+from streams.demo import (
+    DecisionReader,
+    Pacer,
+    delete_run_topics,
+    start_worker,
+    stop_worker,
+    wait_for_groups,
+)
 from streams.settings import Settings
 
 AGENTS = "score,sink,dlq"
@@ -360,57 +366,6 @@ def _watch(
     return seen, first_ms, last_ms, peak / 2**20
 
 
-class DecisionClock(threading.Thread):
-    """Reads the decisions topic while events are produced: per decision, its raw record's
-    produce time → received here (ms). ``ready`` is set once partitions are assigned."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(daemon=True)
-        self.settings = settings
-        self.latencies: list[float] = []
-        # Decisions without a produce time (workers before it was added): source → received.
-        self.unstamped: dict[tuple[int, int], float] = {}
-        self.ready = threading.Event()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        from streams.kafka import make_consumer
-        from streams.topics import PREDICTIONS, topic_name
-
-        consumer = make_consumer(self.settings, f"bench-decisions-{uuid.uuid4().hex[:8]}")
-        consumer.subscribe(
-            [topic_name(self.settings, PREDICTIONS)], on_assign=lambda *_: self.ready.set()
-        )
-        try:
-            while not self.done.is_set():
-                got = consumer.consume(num_messages=10_000, timeout=0.02)
-                received_ms = time.time() * 1000
-                for message in got:
-                    if message.error() is None:
-                        body = orjson.loads(message.value() or b"{}")
-                        if "produced_at_ms" in body:
-                            self.latencies.append(received_ms - float(body["produced_at_ms"]))
-                        else:
-                            source = body["source"]
-                            self.unstamped[(source["partition"], source["offset"])] = received_ms
-        finally:
-            consumer.close()
-
-    def stamp(self, produced: Sequence[Sequence[Any]]) -> None:
-        """Latencies of unstamped decisions from ``(partition, offset, produced ms)`` rows."""
-        for partition, offset, produced_ms in produced:
-            received = self.unstamped.get((int(partition), int(offset)))
-            if received is not None:
-                self.latencies.append(received - float(produced_ms))
-
-    def wait_for(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.latencies) + len(self.unstamped) < count and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.done.set()
-        self.join(30)
-
-
 def _query(settings: Settings, sql: str, topic: str) -> list[Sequence[Any]]:
     from streams.clickhouse import connect
 
@@ -474,7 +429,7 @@ def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, 
         # generated before the clock runs, on the event clock of the rate asked for
         source = iter(list(_take(records(accounts, event_rate=rate), count)))
         worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS)
-        clock = DecisionClock(run)
+        clock = DecisionReader(run)  # the demo's reader of the decisions topic
         try:
             wait_for_groups(run, ("score", "sink", "dlq"), worker, log)
             clock.start()
@@ -497,15 +452,6 @@ def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, 
         result.latency_achieved = count / took
         result.latency_events = len(values)
         result.latency_ms = latency_summary(values)
-        if clock.unstamped:
-            clock.stamp(
-                _query(
-                    settings,
-                    "select partition, offset, toUnixTimestamp64Milli(produced_at) "
-                    "from {db:Identifier}.predictions final where topic = {t:String} and decided",
-                    raw_topic(run),
-                )
-            )
         result.decision_ms = latency_summary(clock.latencies)
         result.inserts_per_s = max(
             inserts_per_second(settings, table, raw_topic(run)) for table in SINK_TABLES

@@ -102,6 +102,10 @@ class PredictionsSink:
                 "drift_deltas", deltas, settings=insert_settings(token, self.dedup)
             )
 
+    def marks(self, event_type: str, partition: int) -> dict[RawPartition, int]:
+        """``live_marks``, or none when deduplication is off (the negative control)."""
+        return self.live_marks(event_type, partition) if self.dedup else {}
+
     def live_marks(self, event_type: str, partition: int) -> dict[RawPartition, int]:
         """Highest raw offset per raw partition among live rows read from one valid partition."""
         result = self.gateway.query(
