@@ -68,15 +68,19 @@ def test_drift_alerts_within_two_windows_and_rarely_otherwise(
     items = on_clock(records(windows * PER_WINDOW, 0.0), base, drift)
     # The compressed clock puts a minute in 250 events, so allow more windows of skew
     # between partitions than the one-window default for real time.
-    # (and as many open windows: at most 4 by default.)
+    # (and as many open windows: at most 4 by default). A scoring batch must span fewer
+    # windows than that: 500 events are two compressed minutes; a default 5,000-event
+    # batch read from a start-up backlog spans 20, and rows behind the open windows are
+    # counted late, never binned (the bounded-cost rule).
     worker = start_scorer(
         STREAMSCORE_AGENTS="score,sink",
         STREAMSCORE_DRIFT_LATENESS_WINDOWS="8",
         STREAMSCORE_DRIFT_MAX_OPEN_WINDOWS="9",
+        STREAMSCORE_SCORE_BATCH_SIZE="500",
     )
     wait_for_log(worker, "marks loaded")
     # Paced, so that the compressed clock stays ordered across partitions to well within
-    # the one-window lateness (an ingest batch spans ~10 events, not 20 windows).
+    # the lateness.
     landed = publish(settings, items, rate=2500)
     wait_for_predictions(settings, set(landed), timeout=300, worker=worker)
     stop(worker)
