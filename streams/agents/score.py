@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -426,14 +427,8 @@ class Scoring:
         await self.handoff.deliver([], letters, stage="score")
 
     def send(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
-        produce = self.producer.produce
         for key, value in messages:
-            while True:
-                try:
-                    produce(topic, value=value, key=key, on_delivery=self._on_delivery)
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
+            self._produce(topic, value=value, key=key)
 
     def send_to(
         self,
@@ -443,15 +438,13 @@ class Scoring:
         headers: Headers | None = None,
     ) -> None:
         """One message to an explicit partition (scored rows: partition = valid partition)."""
+        self._produce(topic, value=value, partition=partition, headers=headers)
+
+    def _produce(self, topic: str, **message: Any) -> None:
+        """``produce``, waiting while librdkafka's queue is full."""
         while True:
             try:
-                self.producer.produce(
-                    topic,
-                    value=value,
-                    partition=partition,
-                    headers=headers,
-                    on_delivery=self._on_delivery,
-                )
+                self.producer.produce(topic, on_delivery=self._on_delivery, **message)
                 return
             except BufferError:
                 self.producer.poll(0.05)

@@ -11,9 +11,7 @@ closed at the end so that other tests can open theirs.
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,13 +44,6 @@ _BASELINE_COLUMNS = (
     "reference_rows", "critical",
 )  # fmt: skip
 LEGACY = HistogramRow("legacy-1", "f", 0, T0 - 60 * MINUTE, MINUTE, 0, 300, 2, [100, 100, 100])
-
-
-@pytest.fixture(scope="module")
-def chdb_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    path: Path = tmp_path_factory.getbasetemp() / "chdb"
-    database = f"t_{uuid.uuid4().hex[:8]}"
-    return Settings(clickhouse_dsn=f"chdb://{path}", clickhouse_database=database)
 
 
 @pytest.fixture(scope="module")

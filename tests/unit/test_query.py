@@ -116,13 +116,6 @@ PREDICTIONS = [
 
 
 @pytest.fixture(scope="module")
-def chdb_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    path: Path = tmp_path_factory.getbasetemp() / "chdb"
-    database = f"t_{uuid.uuid4().hex[:8]}"
-    return Settings(clickhouse_dsn=f"chdb://{path}", clickhouse_database=database)
-
-
-@pytest.fixture(scope="module")
 def writer(chdb_settings: Settings) -> Iterator[ClickHouseGateway]:
     """The sinks' gateway: migrated twice (the second time is a no-op), a few rows in."""
     gateway = ClickHouseGateway.open(chdb_settings)
