@@ -1,10 +1,14 @@
 """The lake agent: valid hand-off topics → hive-partitioned Parquet in the lake, each event once.
 
-Exactly once, across crashes of this worker and of ingestion:
+It runs on ``BatchAgent`` (group ``<app_id>-lake``): time-closed batches of at least a
+second, so lake files are not tiny. Exactly once, across crashes of this worker and of
+ingestion:
 
 * the lake's manifests record the hand-off offsets each committed batch covers
-  (``LakeWriter``); a restarted agent drops records at or below them, and faust acks a
-  batch only after its files and manifest are committed;
+  (``LakeWriter``); a restarted agent drops records at or below them, and offsets are
+  stored only after the batch's files and manifest are committed. Recovery (deleting
+  uncommitted files, loading the resume state) runs before the first batch; if it or a
+  write fails the process exits with ``EXIT_LAKE_FAILED`` before any offset moves;
 * ingestion itself is at-least-once: after a crash it re-sends a batch to the hand-off
   topic at new offsets. Such a re-delivery has the same ``source-*`` header coordinates,
   and on one hand-off partition the raw offsets of one raw partition only ever rise
@@ -13,25 +17,27 @@ Exactly once, across crashes of this worker and of ingestion:
   the batch's manifest commits, so a restart resumes them from the newest manifest.
 
 The pure steps (grouping, selecting what is new, building events) are plain functions;
-``LakeSink`` does the blocking file I/O and the agent runs it in a thread.
+``LakeSink`` does the blocking file I/O and ``LakeStage`` runs it in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import posixpath
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import faust
 import orjson
 import pyarrow.fs as pafs
+from confluent_kafka import Message
 
+from streams.agents.batching import BatchAgent
+from streams.errors import ConfigError
 from streams.headers import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from streams.lake.exceptions import LakeError, LakeInputError
 from streams.lake.schema import SCHEMAS, to_table
@@ -40,11 +46,33 @@ from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.topics import valid_topic
 
+__all__ = [
+    "EXIT_LAKE_FAILED",
+    "MAX_BATCH_BYTES",
+    "HandoffRecord",
+    "LakeSink",
+    "LakeStage",
+    "PartitionState",
+    "Selection",
+    "decode_marks",
+    "encode_marks",
+    "group_records",
+    "lake_events",
+    "register_lake_agent",
+    "resume_points",
+    "select_new",
+    "source_from_headers",
+    "to_handoff_record",
+]
+
 log = logging.getLogger("streams.agents.lake")
 
-# Exit code when the lake cannot be written: the process stops before faust acks the
-# batch, so no offset is committed past an event that is not in the lake.
+# Exit code when the lake cannot be recovered or written: the process stops before the
+# batch's offsets are stored, so no offset is committed past an event not in the lake.
 EXIT_LAKE_FAILED = 71
+# A batch closes after max(1 s, ingest_batch_seconds) or once it holds this much: large
+# enough for Parquet row groups worth reading, small enough to build in memory.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 STATE_DIR = "_lake_sink"
 STATE_VERSION = 1
 
@@ -102,19 +130,26 @@ def source_from_headers(
     if not topic or partition is None or offset is None:
         return None
     try:
-        return topic, int(partition), int(offset)
+        source = topic, int(partition), int(offset)
     except ValueError:
         return None
+    # A negative offset would sit at or below every mark and be dropped unseen.
+    return source if source[1] >= 0 and source[2] >= 0 else None
 
 
-def to_handoff_record(message: Any) -> HandoffRecord:
-    """A faust ConsumerMessage of a hand-off topic as a HandoffRecord."""
+def to_handoff_record(message: Message) -> HandoffRecord:
+    """A consumed hand-off message as a HandoffRecord.
+
+    The record keeps the message's own coordinates; when its ``source-*`` headers are
+    absent or malformed its source is None, so the lake's provenance columns stay empty
+    and only the hand-off offset deduplicates it (the raw-offset marks cannot).
+    """
     return HandoffRecord(
-        message.topic,
-        message.partition,
-        message.offset,
-        message.value,
-        source_from_headers(message.headers),
+        str(message.topic()),
+        int(message.partition() or 0),
+        int(message.offset() or 0),
+        message.value() or b"",
+        source_from_headers(message.headers()),
     )
 
 
@@ -339,10 +374,59 @@ class LakeSink:
             raise LakeError(f"could not write {final}: {exc}; offsets not committed") from exc
 
 
-def _stop(what: str, exc: BaseException) -> NoReturn:
-    log.critical("%s, stopping before offsets move: %s: %s", what, type(exc).__name__, exc)
-    logging.shutdown()
-    os._exit(EXIT_LAKE_FAILED)
+class LakeStage:
+    """The lake agent's handlers around one ``LakeSink``: recovery once, then each batch."""
+
+    def __init__(self, sink: LakeSink, root: str) -> None:
+        self.sink = sink
+        self.root = root
+        self.recovered: RecoverReport | None = None
+        self.counts = {"batches": 0, "rows": 0}
+
+    async def start(self) -> None:
+        """Recover the lake and load the resume state, once, before anything is written.
+
+        Damage (unreadable files, a manifest without its fields) is a LakeError, so the
+        agent exits with ``EXIT_LAKE_FAILED`` before any offset is stored.
+        """
+        if self.recovered is not None:
+            return
+        try:
+            report = await asyncio.to_thread(self.sink.start)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LakeError(
+                f"lake recovery at {self.root} failed: {type(exc).__name__}: {exc}; "
+                "nothing was consumed"
+            ) from exc
+        self.recovered = report
+        if report.orphans or report.temps:
+            log.info(
+                "lake recovery deleted %d uncommitted files and %d temp files",
+                len(report.orphans), len(report.temps),
+            )  # fmt: skip
+
+    async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
+        # The resume state covers every hand-off partition and only this sink writes the
+        # lake, so it stays right across rebalances: a partition that comes back resumes
+        # at its committed Kafka offset, and select_new drops what the lake already holds.
+        await self.start()
+        log.info("lake: assigned %s", ", ".join(f"{t}[{p}]" for t, p in sorted(partitions)))
+
+    async def handle(self, messages: Sequence[Message]) -> None:
+        """Commit a batch's new records to the lake; raises LakeError when that fails."""
+        await self.start()  # on_assigned runs first; this only guards the order
+        records = [to_handoff_record(m) for m in messages]
+        try:
+            reports = await asyncio.to_thread(self.sink.write, records)
+        except OSError as exc:
+            raise LakeError(
+                f"lake write of {len(records)} records to {self.root} failed: {exc}; "
+                "offsets not committed"
+            ) from exc
+        for report in reports:
+            self.counts["batches"] += 1
+            self.counts["rows"] += report.rows
+            log.debug("lake batch %s: %d rows", report.batch_id, report.rows)
 
 
 def register_lake_agent(
@@ -350,37 +434,32 @@ def register_lake_agent(
     settings: Settings,
     registry: SchemaRegistry,
     writer: LakeWriter | None = None,
-) -> Any:
+) -> BatchAgent:
     """Attach the lake agent (every hand-off topic the lake has a schema for); returns it."""
     types = {valid_topic(settings, t): t for t in registry.event_types if t in SCHEMAS}
     for missing in sorted(set(registry.event_types) - set(SCHEMAS)):
         log.warning("event type %r has no lake schema; its events are not archived", missing)
-    sink = LakeSink(writer or LakeWriter(settings.lake_url), types)
-    topic = app.topic(*sorted(types), key_serializer="raw", value_serializer="raw")
-    # Lake files should not be tiny: wait at least a second for a batch to fill.
-    within = max(1.0, settings.ingest_batch_seconds)
-
-    async def lake(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        try:
-            recovered = await asyncio.to_thread(sink.start)
-        except Exception as exc:  # nothing is written before the lake is consistent
-            _stop("lake recovery failed", exc)
-        if recovered.orphans or recovered.temps:
-            log.info(
-                "lake recovery deleted %d uncommitted files and %d temp files",
-                len(recovered.orphans), len(recovered.temps),
-            )  # fmt: skip
-        # take_events is public faust API; faust's StreamT protocol just does not list it.
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-            settings.ingest_batch_size, within=within
-        ):
-            records = [to_handoff_record(e.message) for e in events]
-            try:
-                reports = await asyncio.to_thread(sink.write, records)
-            except Exception as exc:  # any failure: never ack what is not in the lake
-                _stop("lake write failed", exc)
-            for report in reports:
-                log.debug("lake batch %s: %d rows", report.batch_id, report.rows)
-            yield None
-
-    return app.agent(topic, name="lake", concurrency=1)(lake)
+    if not types:
+        raise ConfigError(
+            f"no event type in {settings.schemas_dir} has a lake schema "
+            f"({', '.join(sorted(SCHEMAS))}); drop 'lake' from STREAMSCORE_AGENTS"
+        )
+    writer = writer or LakeWriter(settings.lake_url)
+    stage = LakeStage(LakeSink(writer, types), writer.root)
+    agent = BatchAgent(
+        settings,
+        "lake",
+        sorted(types),
+        stage.handle,
+        exit_code=EXIT_LAKE_FAILED,
+        batch_size=settings.ingest_batch_size,
+        # Lake files should not be tiny: gather at least a second per batch.
+        batch_seconds=max(1.0, settings.ingest_batch_seconds),
+        gather_bytes=MAX_BATCH_BYTES,
+        on_assigned=stage.on_assigned,
+        loop=app.loop,
+        beacon=app.beacon,
+    )
+    agent.lake = stage  # type: ignore[attr-defined]
+    app.add_dependency(agent)
+    return agent
