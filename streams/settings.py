@@ -211,6 +211,24 @@ class Settings(BaseSettings):
         ),
     )
     web_port: int = Field(default=6066, description="STREAMSCORE_WEB_PORT: worker web server.")
+    sql_owner_port: int | None = Field(
+        default=None,
+        description=(
+            "STREAMSCORE_SQL_OWNER_PORT: on chDB, the web port of the process that holds the "
+            "data path (the one running the sink); a scoring process without the sink reads "
+            "ClickHouse through its POST /sql. Default: STREAMSCORE_WEB_PORT."
+        ),
+    )
+    scorers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description=(
+            "STREAMSCORE_SCORERS: scoring processes `streamscore worker` starts next to one "
+            "process for the other stages (sink, DLQ, labels, lake); 0 runs every stage in "
+            "one process."
+        ),
+    )
     web_enabled: bool = Field(default=True, description="STREAMSCORE_WEB_ENABLED.")
     log_level: str = Field(default="info", description="STREAMSCORE_LOG_LEVEL.")
     log_format: Literal["text", "json"] = Field(
@@ -462,6 +480,14 @@ class Settings(BaseSettings):
     def agent_names(self) -> frozenset[str]:
         """The agents this worker runs."""
         return frozenset(self.agents.split(","))
+
+    @property
+    def opens_clickhouse(self) -> bool:
+        """Whether this process opens ClickHouse itself: always on a server; on chDB (one
+        process per data path) only the process running a ClickHouse sink."""
+        if not self.clickhouse_url.startswith("chdb://"):
+            return True
+        return bool(self.agent_names & {"sink", "dlq", "labels"})
 
     @property
     def lake_url(self) -> str:

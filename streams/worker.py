@@ -40,31 +40,38 @@ def build_app(settings: Settings) -> faust.App:
         log.warning("topic drift: %s", drift)
     app = create_app(settings, broker_count=len(admin.list_topics(timeout=10).brokers))
     metrics = WorkerMetrics(worker_id=settings.worker_id, app_id=settings.app_id)
+    agents = settings.agent_names
+    # On chDB only the process running a ClickHouse sink opens the data path (one process
+    # may); it serves /sql, and scoring processes without a sink read through it.
+    holds = settings.opens_clickhouse and bool(agents & {"score", "sink", "dlq", "labels"})
     if settings.web_enabled:
         register_metrics_endpoint(app, metrics)
-        # Analysts' read-only SQL, each query on a read-only session of its own (chDB: same
-        # engine, the only way in while this worker holds the data path), for holders of
-        # the token this worker writes to <home>/sql.token.
-        serve_readonly_sql(app, settings)
-    if "ingest" in settings.agent_names:
+        if holds:
+            # Analysts' read-only SQL, each query on a read-only session of its own (chDB:
+            # same engine, the only way in while this worker holds the data path), for
+            # holders of the token this worker writes to <home>/sql.token.
+            serve_readonly_sql(app, settings)
+    if "ingest" in agents:
         register_ingest_agent(app, settings, registry, KafkaHandoff(settings), metrics)
-    if "lake" in settings.agent_names:
+    if "lake" in agents:
         register_lake_agent(app, settings, registry)
-    if settings.agent_names & {"score", "sink", "dlq", "labels"}:
-        # The worker owns ClickHouse (with chDB, no other process may open the data path):
-        # one client for the sinks and the read-only /sql endpoint.
-        gateway = ClickHouseGateway.open(settings)
-        if "dlq" in settings.agent_names:
+    gateway = ClickHouseGateway.open(settings) if holds else None
+    if gateway is not None:
+        if "dlq" in agents:
             register_dlq_agent(app, settings, gateway, metrics)
-        if "labels" in settings.agent_names:
+        if "labels" in agents:
             register_labels_agent(app, settings, gateway)
-        if "score" in settings.agent_names:
-            register_score_agent(app, settings, gateway, metrics=metrics, registry=registry)
-        if "sink" in settings.agent_names:
+        if "sink" in agents:
             register_sink_agent(app, settings, gateway, metrics=metrics)
+    if "score" in agents:
+        register_score_agent(app, settings, gateway, metrics=metrics, registry=registry)
     if settings.nightly_cron:
-        # On the leader only: one nightly run per group, not one per worker.
-        app.crontab(settings.nightly_cron, on_leader=True)(nightly_job(settings))
+        # One nightly run per group, not one per worker: on a server, on the leader; on
+        # chDB (the run records itself in feature_runs) in the one process holding it.
+        on_chdb = settings.clickhouse_url.startswith("chdb://")
+        if not on_chdb or gateway is not None:
+            job = nightly_job(settings)
+            app.crontab(settings.nightly_cron, on_leader=not on_chdb)(job)
     return app
 
 

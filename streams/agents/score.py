@@ -40,9 +40,10 @@ from confluent_kafka import Message
 from streams.agents.batching import BatchAgent, now_ms, timestamp_ms
 from streams.agents.ingest import to_raw_record
 from streams.clickhouse.gateway import ClickHouseGateway
+from streams.clickhouse.reads import ClickHouseReads, latest_run, live_marks, reads_for
 from streams.errors import DeliveryError
 from streams.features.online import OnlineFeatures
-from streams.features.runs import NightlyRun, latest_successful_run
+from streams.features.runs import NightlyRun
 from streams.headers import (
     INGESTED_AT,
     SOURCE_OFFSET,
@@ -70,9 +71,15 @@ from streams.scoring.pipeline import (
 )
 from streams.scoring.registry import registry_path
 from streams.settings import Settings
-from streams.sinks.clickhouse import PredictionsSink, SourceMarks
+from streams.sinks.clickhouse import SourceMarks
 from streams.sinks.handoff import KafkaHandoff
-from streams.sinks.scored import DRIFT_HEADERS, Headers, encode_scored, encode_table
+from streams.sinks.scored import (
+    DRIFT_HEADERS,
+    Headers,
+    encode_rows,
+    encode_scored,
+    encode_table,
+)
 from streams.topics import PREDICTIONS, REVIEW, raw_topic, raw_topics, scored_topic, topic_name
 
 log = logging.getLogger("streams.agents.score")
@@ -175,12 +182,17 @@ MODEL_COLUMNS = (
 
 
 class Scoring:
-    """Everything one scoring agent holds: features, models, sinks and dedup marks."""
+    """Everything one scoring agent holds: features, models, producers and dedup marks.
+
+    It reads ClickHouse through ``reads`` (which nightly run is live, marks on assignment)
+    and never writes it: its rows, drift deltas, models and baselines go to the sink stage
+    on the scored topic.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        gateway: ClickHouseGateway,
+        reads: ClickHouseReads,
         *,
         event_type: str = "transaction",
         features: OnlineFeatures | None = None,
@@ -189,7 +201,7 @@ class Scoring:
         run: str = "live",
     ) -> None:
         self.settings = settings
-        self.gateway = gateway
+        self.reads = reads
         self.event_type = event_type
         # The partitions this stage reads: scored rows carry them as ``handoff_partition``
         # (the scored topic has as many), and marks and drift deltas key on them.
@@ -210,7 +222,7 @@ class Scoring:
         self.holder = holder or ModelHolder()
         if not self.holder.loaded:
             self.holder.swap(self._load_models)
-        self.sink = PredictionsSink(gateway, dedup=settings.sink_dedup)
+        self.dedup = settings.sink_dedup
         self.marks = SourceMarks()
         self.columns = input_columns(self.features.layout)
         self.handoff = KafkaHandoff(settings)
@@ -230,11 +242,7 @@ class Scoring:
 
     # -- models and features -------------------------------------------------------
     def _latest_run(self) -> NightlyRun | None:
-        return self.gateway.run(
-            lambda client: latest_successful_run(
-                client, self.settings.clickhouse_database, self.settings.feature_service
-            )
-        )
+        return latest_run(self.reads, self.settings.feature_service)
 
     def _load_models(self) -> ModelSet:
         return ModelSet.from_registry(self.settings, self.features.layout.spec)
@@ -248,7 +256,7 @@ class Scoring:
         # them into drift_deltas (no ClickHouse write here, no seeding after a restart).
         layout = self.features.layout
         return DriftMonitor.from_settings(
-            self.gateway,
+            None,
             self.settings,
             thresholds={f.name: f.drift_threshold for f in layout.spec.features},
             event_type=self.event_type,
@@ -268,14 +276,16 @@ class Scoring:
         ]
 
     def record_models(self) -> None:
-        """Record the serving models (and their drift baselines) in ClickHouse."""
-        self.gateway.insert_columns(
-            "models",
-            list(zip(*model_rows(self.holder.current, self.settings), strict=True)),
-            MODEL_COLUMNS,
-        )
+        """Record the serving models (and their drift baselines): rows for the sink stage,
+        confirmed with the next batch's flush."""
+        models = model_rows(self.holder.current, self.settings)
+        messages = [encode_rows("models", MODEL_COLUMNS, models)]
         if self.drift is not None:
-            self.drift.set_models(self.holder.current)
+            names, baselines = self.drift.set_models(self.holder.current)
+            if baselines:
+                messages.append(encode_rows("drift_baselines", names, baselines))
+        for headers, value in messages:
+            self.send_to(self.scored_topic, 0, value, headers)
 
     def maybe_reload(self) -> None:
         """Every 30 s: a newer nightly run swaps features; a changed registry swaps models."""
@@ -302,13 +312,16 @@ class Scoring:
     async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
         mine = [p for t, p in partitions if t == self.topic]
         for partition in mine:
-            marks = await asyncio.to_thread(self.sink.marks, self.event_type, partition)
+            marks = await asyncio.to_thread(self._marks, partition) if self.dedup else {}
             self.marks.load(partition, marks)
             log.info(
                 "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)
             )
         if self.drift is not None:
             self.drift.assigned(mine)
+
+    def _marks(self, partition: int) -> dict[tuple[str, int], int]:
+        return live_marks(self.reads, self.event_type, partition)
 
     def prepare(self, events: Sequence[ValidEvent], picked_up_ms: int) -> Prepared:
         """The pure part, run in a thread: decode, features, models, rows, drift, and what
@@ -360,7 +373,7 @@ class Scoring:
         self, events: list[ValidEvent], picked_up: int
     ) -> Sequence[tuple[ValidEvent, str]]:
         """Score, decide and send ``events``; returns those that could not be decoded."""
-        if self.sink.dedup:
+        if self.dedup:
             keep = self.marks.select(events)
             if len(keep) < len(events):
                 self.counts["copies_dropped"] += len(events) - len(keep)
@@ -466,16 +479,18 @@ class Scoring:
 def register_score_agent(
     app: object,
     settings: Settings,
-    gateway: ClickHouseGateway,
+    gateway: ClickHouseGateway | None,
     scoring: Callable[[], Scoring] | None = None,
     metrics: WorkerMetrics | None = None,
     registry: SchemaRegistry | None = None,
 ) -> BatchAgent:
-    """Attach the scoring agent to the faust ``app``; returns it."""
+    """Attach the scoring agent to the faust ``app``; returns it. Without a ``gateway`` (a
+    scoring process on chDB that does not hold it) it reads through the holder's /sql."""
     import faust
 
     assert isinstance(app, faust.App)
-    state = scoring() if scoring else Scoring(settings, gateway, registry=registry)
+    reads = reads_for(settings, gateway)
+    state = scoring() if scoring else Scoring(settings, reads, registry=registry)
     state.metrics = metrics
     if metrics is not None:
         metrics.set_models(state.served_models())

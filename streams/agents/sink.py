@@ -1,5 +1,6 @@
-"""The ClickHouse sink stage: scored batches → ``predictions`` and ``drift_deltas``, about one
-insert a second per table.
+"""The ClickHouse sink stage: scored batches → ``predictions`` and ``drift_deltas`` (and the
+scoring processes' ``models`` and ``drift_baselines`` rows), about one insert a second per
+table.
 
 It is off the decision path: the scoring stage answers on Kafka and hands its rows over on
 the scored topic (``streams.sinks.scored``); this stage gathers them for
@@ -19,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 from confluent_kafka import Message
@@ -28,7 +30,7 @@ from streams.clickhouse.gateway import ClickHouseGateway
 from streams.monitoring.metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.sinks.clickhouse import PredictionsSink, dedup_token
-from streams.sinks.scored import RowMarks, decode_scored, is_drift
+from streams.sinks.scored import ROW_TABLES, RowMarks, decode_rows, decode_scored, message_kind
 from streams.topics import SCORED_MAX_BYTES, scored_topic
 
 __all__ = ["EXIT_SINK_FAILED", "PredictionsSinkStage", "register_sink_agent"]
@@ -36,6 +38,16 @@ __all__ = ["EXIT_SINK_FAILED", "PredictionsSinkStage", "register_sink_agent"]
 log = logging.getLogger("streams.agents.sink")
 
 EXIT_SINK_FAILED = 72
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """What one sink batch writes."""
+
+    rows: pa.Table | None  # predictions, copies dropped
+    deltas: pa.Table | None  # drift_deltas
+    other: list[tuple[str, list[str], list[list[object]]]]  # (table, names, rows)
+    dropped: int
 
 
 class PredictionsSinkStage:
@@ -60,16 +72,24 @@ class PredictionsSinkStage:
                 "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)
             )
 
-    def prepare(self, messages: Sequence[Message]) -> tuple[pa.Table | None, pa.Table | None, int]:
-        """The predictions rows to insert (copies dropped), the drift deltas, and how many
-        copies were dropped. Deltas need no marks: ``drift_deltas`` keys them by their
-        batch's coordinates (ReplacingMergeTree)."""
+    def prepare(self, messages: Sequence[Message]) -> Gathered:
+        """The predictions rows to insert (copies dropped), the drift deltas, the other
+        tables' rows, and how many copies were dropped. Deltas need no marks:
+        ``drift_deltas`` keys them by their batch's coordinates (ReplacingMergeTree)."""
         tables: list[pa.Table] = []
         drift: list[pa.Table] = []
+        other: list[tuple[str, list[str], list[list[object]]]] = []
         dropped = 0
         for message in messages:
+            kind, table = message_kind(message.headers())  # type: ignore[arg-type]
+            if kind == "rows":
+                if table in ROW_TABLES:
+                    other.append((table, *decode_rows(message.value() or b"")))
+                else:  # not ours to write: say so, and go on (it carries no events)
+                    log.warning("scored message for unknown table %r skipped", table)
+                continue
             rows = decode_scored(message.value() or b"")
-            if is_drift(message.headers()):
+            if kind == "drift_deltas":
                 drift.append(rows)
                 continue
             if self.sink.dedup:
@@ -79,12 +99,16 @@ class PredictionsSinkStage:
             if rows.num_rows:
                 tables.append(rows)
         deltas = pa.concat_tables(drift, promote_options="default") if drift else None
-        if not tables:
-            return None, deltas, dropped
-        return pa.concat_tables(tables, promote_options="default"), deltas, dropped
+        rows = pa.concat_tables(tables, promote_options="default") if tables else None
+        return Gathered(rows, deltas, other, dropped)
 
     async def handle(self, messages: Sequence[Message]) -> None:
-        rows, deltas, dropped = await asyncio.to_thread(self.prepare, messages)
+        gathered = await asyncio.to_thread(self.prepare, messages)
+        rows, deltas, dropped = gathered.rows, gathered.deltas, gathered.dropped
+        for table, names, values in gathered.other:
+            columns = list(zip(*values, strict=True)) if values else []
+            if columns:
+                await asyncio.to_thread(self.sink.gateway.insert_columns, table, columns, names)
         self.counts["copies_dropped"] += dropped
         coordinates = [(int(m.partition() or 0), int(m.offset() or 0)) for m in messages]
         if deltas is not None:

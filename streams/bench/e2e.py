@@ -21,6 +21,7 @@ would dominate the bytes a benchmark of event rates moves.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import time
@@ -358,12 +359,21 @@ def _watch(
                 stamp = message.timestamp()[1]
                 first_ms = stamp if not first_ms else min(first_ms, stamp)
                 last_ms = max(last_ms, stamp)
-            peak = max(peak, proc.memory_info().rss)
+            peak = max(peak, _peak_rss(proc))
     finally:
         consumer.close()
     if seen < expected:
         raise RuntimeError(f"only {seen:,} of {expected:,} events scored within {timeout:.0f}s")
     return seen, first_ms, last_ms, peak / 2**20
+
+
+def _peak_rss(proc: psutil.Process) -> int:
+    """The largest RSS among ``proc`` and its children (a supervised topology)."""
+    rss = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # it may have just exited
+            rss = max(rss, child.memory_info().rss)
+    return int(rss)
 
 
 def _query(settings: Settings, sql: str, topic: str) -> list[Sequence[Any]]:
@@ -418,7 +428,9 @@ def throughput(settings: Settings, events: int, result: E2EResult, log: Path, **
         delete_run_topics(run)
 
 
-def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, log: Path) -> None:
+def latency(
+    settings: Settings, rate: float, seconds: float, result: E2EResult, log: Path, **env: str
+) -> None:
     """(c): a fresh worker fed at ``rate``; latencies read from ClickHouse afterwards."""
     from streams.topics import raw_topic
 
@@ -428,7 +440,7 @@ def latency(settings: Settings, rate: float, seconds: float, result: E2EResult, 
         accounts = orjson.loads((settings.home / "world.json").read_bytes())["accounts"]
         # generated before the clock runs, on the event clock of the rate asked for
         source = iter(list(_take(records(accounts, event_rate=rate), count)))
-        worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS)
+        worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS, **env)
         clock = DecisionReader(run)  # the demo's reader of the decisions topic
         try:
             wait_for_groups(run, ("score", "sink", "dlq"), worker, log)
@@ -586,6 +598,12 @@ def _take(source: Iterator[Record], count: int) -> Iterator[Record]:
     help="Instead: throughput without monitoring, with drift, and with drift plus a shadow.",
 )
 @click.option("--repeat", default=3, show_default=True, help="--monitoring: runs per setup.")
+@click.option(
+    "--scorers",
+    default=0,
+    show_default=True,
+    help="Scoring processes next to one for the other stages (0: one process for all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="End with the result as one JSON object.")
 @click.pass_obj
 def e2e(
@@ -598,6 +616,7 @@ def e2e(
     skip_latency: bool,
     monitoring: bool,
     repeat: int,
+    scorers: int,
     as_json: bool,
 ) -> None:
     """One worker end to end (ingest → score → ClickHouse) against the raw-consumer ceiling.
@@ -624,12 +643,13 @@ def e2e(
             click.echo(line)
         click.echo(f"took {time.perf_counter() - began:.0f}s; worker log: {log}")
         return
-    result = E2EResult()
-    click.echo(f"pre-loading {events:,} events, then ceiling and one worker ...")
-    throughput(bench, events, result, log)
+    result = E2EResult(processes=scorers + 1 if scorers else 1)
+    env = {"STREAMSCORE_SCORERS": str(scorers)}
+    click.echo(f"pre-loading {events:,} events, then ceiling and the worker ...")
+    throughput(bench, events, result, log, **env)
     if not skip_latency:
         click.echo(f"latency run: {rate:,.0f} events/s for {seconds:.0f}s ...")
-        latency(bench, rate, seconds, result, log)
+        latency(bench, rate, seconds, result, log, **env)
     click.echo("")
     for line in format_table(result):
         click.echo(line)

@@ -46,6 +46,11 @@ from streams.monitoring.drift import (
 from streams.scoring.modelset import ModelSet
 from streams.scoring.pipeline import DecodedBatch, ScoredEvents
 
+BASELINE_COLUMNS = (
+    "model_version", "feature", "feature_index", "edges", "expected", "threshold",
+    "reference_rows", "critical",
+)  # fmt: skip
+
 if TYPE_CHECKING:
     from streams.monitoring.metrics import WorkerMetrics
     from streams.settings import Settings
@@ -64,7 +69,7 @@ class DriftMonitor:
 
     def __init__(
         self,
-        gateway: ClickHouseGateway,
+        gateway: ClickHouseGateway | None,
         *,
         window_seconds: int,
         lateness_windows: int = 1,
@@ -112,7 +117,7 @@ class DriftMonitor:
     @classmethod
     def from_settings(
         cls,
-        gateway: ClickHouseGateway,
+        gateway: ClickHouseGateway | None,
         settings: Settings,
         *,
         thresholds: Mapping[str, float],
@@ -143,12 +148,13 @@ class DriftMonitor:
         )
 
     # -- models and partitions -------------------------------------------------------------
-    def set_models(self, models: ModelSet) -> None:
-        """Monitor ``models`` (after a load or swap) and record their baselines."""
+    def set_models(self, models: ModelSet) -> tuple[tuple[str, ...], list[list[object]]]:
+        """Monitor ``models`` (after a load or swap); returns their ``drift_baselines`` rows
+        (column names, rows) for the caller to record."""
         scorers = [models.champion, *(c.scorer for c in models.challengers)]
         baselines = {s.model_id: model_baselines(s.metadata, self.thresholds) for s in scorers}
         self.accumulator.set_baselines(baselines)
-        rows = [
+        rows: list[list[object]] = [
             [
                 model,
                 b.name,
@@ -162,12 +168,7 @@ class DriftMonitor:
             for model, columns in baselines.items()
             for b in columns
         ]
-        if rows:
-            names = (
-                "model_version", "feature", "feature_index", "edges", "expected", "threshold",
-                "reference_rows", "critical",
-            )  # fmt: skip
-            self.gateway.insert_columns("drift_baselines", list(zip(*rows, strict=True)), names)
+        return BASELINE_COLUMNS, rows
 
     def assigned(self, partitions: Sequence[int]) -> None:
         """Partitions (re)assigned to this worker: drop stale state (and, for whole
@@ -272,16 +273,24 @@ class DriftMonitor:
                 "windows too would count every row twice in drift_stats"
             )
         if len(rows):
-            self.gateway.insert_arrow(DELTAS_TABLE, window_table(rows, self.worker_id))
+            self._gateway().insert_arrow(DELTAS_TABLE, window_table(rows, self.worker_id))
 
     def write_deltas(self, table: pa.Table, token: str) -> None:
         """Insert delta rows with the batch's deduplication token (a stage that writes
         ClickHouse itself; the sink stage inserts ``delta_table`` rows in bulk)."""
         if table.num_rows:
             dedup = {"insert_deduplicate": 1, "insert_deduplication_token": token}
-            self.gateway.insert_arrow(DELTAS_TABLE, table, settings=dedup)
+            self._gateway().insert_arrow(DELTAS_TABLE, table, settings=dedup)
 
     # -- internals ---------------------------------------------------------------------------
+    def _gateway(self) -> ClickHouseGateway:
+        if self.gateway is None:
+            raise ConfigError(
+                "this drift monitor has no ClickHouse client (a scoring process on chDB "
+                "hands its deltas to the sink): it cannot write or seed windows"
+            )
+        return self.gateway
+
     def _count(self, observation: Observation) -> None:
         late, future = observation.late, observation.future
         if self.metrics is not None:
@@ -305,8 +314,9 @@ class DriftMonitor:
         span = self.accumulator.open_range(partition)
         if span is None:
             return
-        table = self.gateway.table("predictions")
-        result = self.gateway.query(
+        gateway = self._gateway()
+        table = gateway.table("predictions")
+        result = gateway.query(
             "select model_version, toUnixTimestamp64Milli(event_time), features, score, "  # noqa: S608 - checked identifier
             f"missing_entities from {table} "
             "where topic = {s:String} and run = 'live' and event_type = {t:String} "

@@ -6,6 +6,12 @@ one compressed Arrow IPC stream per (scoring batch, valid partition) on the scor
 written to the partition of the valid partition's number. The sink stage reads a second's
 worth, drops rows it has written before (:class:`RowMarks`) and inserts them in one go.
 
+Two more kinds ride the same topic, named by the ``streamscore.kind`` header: a batch's
+drift deltas (Arrow IPC, ``drift_deltas``) and the small rows a scoring process records
+about itself when it loads models (``rows``: the ``models`` and ``drift_baselines``
+tables, JSON, the table in ``streamscore.table``; both are ReplacingMergeTree on the
+model, so a re-sent copy folds). A scoring process never opens ClickHouse for them.
+
 Exactly-once effect, at-least-once delivery: a scoring crash re-sends a batch after the
 one that may already be written; within a scored partition the raw offsets of each raw
 partition only rise except for such re-sends, so a row at or below the highest raw offset
@@ -15,21 +21,27 @@ ClickHouse when the sink is assigned a partition, and raised as rows are taken.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
     "DRIFT_HEADERS",
     "KIND_HEADER",
+    "ROW_TABLES",
+    "TABLE_HEADER",
     "Headers",
     "RowMarks",
+    "decode_rows",
     "decode_scored",
+    "encode_rows",
     "encode_scored",
     "encode_table",
     "is_drift",
+    "message_kind",
 ]
 
 _WRITE = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -37,7 +49,11 @@ RawPartition = tuple[str, int]
 # A scored message holds predictions rows unless this header says drift_deltas rows.
 KIND_HEADER = "streamscore.kind"
 Headers = list[tuple[str, str | bytes | None]]
+TABLE_HEADER = "streamscore.table"
 DRIFT_HEADERS: Headers = [(KIND_HEADER, b"drift_deltas")]
+# The tables a scoring process may write through the sink (``rows`` messages).
+ROW_TABLES = frozenset({"models", "drift_baselines"})
+Kind = str  # "predictions", "drift_deltas" or "rows"
 
 
 def encode_table(table: pa.Table, partition: int = 0) -> list[tuple[int, bytes]]:
@@ -63,6 +79,34 @@ def is_drift(headers: Headers | dict[str, str | bytes | None] | None) -> bool:
     """Whether a scored message carries drift deltas (by its kind header)."""
     pairs = headers.items() if isinstance(headers, dict) else headers or ()
     return any(key == KIND_HEADER and value == b"drift_deltas" for key, value in pairs)
+
+
+def message_kind(headers: Headers | None) -> tuple[Kind, str]:
+    """A scored message's kind and, for ``rows``, its table (else "")."""
+    kind, table = "predictions", ""
+    for key, value in headers or ():
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value or ""
+        if key == KIND_HEADER:
+            kind = text
+        elif key == TABLE_HEADER:
+            table = text
+    return kind, table
+
+
+def encode_rows(
+    table: str, names: Sequence[str], rows: Sequence[Sequence[object]]
+) -> tuple[Headers, bytes]:
+    """Rows for one of :data:`ROW_TABLES`, as a ``rows`` message: (headers, JSON value)."""
+    if table not in ROW_TABLES:
+        raise ValueError(f"{table!r} is not one of the tables the sink writes rows to")
+    value = orjson.dumps({"names": list(names), "rows": [list(r) for r in rows]})
+    return [(KIND_HEADER, b"rows"), (TABLE_HEADER, table.encode())], value
+
+
+def decode_rows(value: bytes) -> tuple[list[str], list[list[object]]]:
+    """Column names and rows of a ``rows`` message."""
+    payload = orjson.loads(value)
+    return [str(n) for n in payload["names"]], [list(r) for r in payload["rows"]]
 
 
 def decode_scored(value: bytes) -> pa.Table:

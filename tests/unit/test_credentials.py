@@ -535,6 +535,7 @@ def test_gateway_errors_are_redacted_and_drop_a_cause_that_quotes_a_dsn() -> Non
 
 def test_scoring_error_without_features_does_not_quote_the_dsn(tmp_path: Path) -> None:
     from streams.agents.score import Scoring
+    from streams.clickhouse.reads import GatewayReads
 
     class NoRuns:
         def query(self, *args: Any, **kwargs: Any) -> Any:
@@ -543,7 +544,7 @@ def test_scoring_error_without_features_does_not_quote_the_dsn(tmp_path: Path) -
     settings = Settings(home=tmp_path, clickhouse_dsn=DSN_WITH_PASSWORD)
     gateway = ClickHouseGateway(NoRuns(), settings.clickhouse_database)  # type: ignore[arg-type]
     with pytest.raises(FeatureError, match=r"analyst:\*\*\*@") as raised:
-        Scoring(settings, gateway)
+        Scoring(settings, GatewayReads(gateway))
     assert PLANTED not in str(raised.value)
 
 

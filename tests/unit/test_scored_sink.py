@@ -82,18 +82,24 @@ class _Message:
 def test_the_sink_splits_rows_from_drift_deltas_and_drops_copies(tmp_path: Path) -> None:
     from streams.agents.sink import PredictionsSinkStage
     from streams.settings import Settings
-    from streams.sinks.scored import DRIFT_HEADERS, encode_table
+    from streams.sinks.scored import DRIFT_HEADERS, encode_rows, encode_table
 
     stage = PredictionsSinkStage(Settings(home=tmp_path), gateway=None)  # type: ignore[arg-type]
     [(_, first)] = encode_scored(_rows([(1, "raw", 0, o) for o in (1, 2)]))
     [(_, again)] = encode_scored(_rows([(1, "raw", 0, o) for o in (2, 3)]))  # re-scored 2
     [(_, deltas)] = encode_table(pa.table({"feature": ["amount"], "count": [3]}))
+    headers, models = encode_rows("models", ["model_version", "thresholds"], [["m-1", {"t": 0.5}]])
+    foreign = [(k, b"users" if k == "streamscore.table" else v) for k, v in headers]
     messages = [
         _Message(1, 0, first),
         _Message(1, 1, deltas, DRIFT_HEADERS),
+        _Message(0, 0, models, headers),
+        _Message(0, 1, models, foreign),  # not a table the sink writes rows to: skipped
         _Message(1, 2, again),
     ]
-    rows, drift, dropped = stage.prepare(messages)  # type: ignore[arg-type]
+    gathered = stage.prepare(messages)  # type: ignore[arg-type]
+    rows, drift = gathered.rows, gathered.deltas
     assert rows is not None and rows.column("offset").to_pylist() == [1, 2, 1, 2, 3, 3]
-    assert dropped == 2  # both models' rows of offset 2, sent again
+    assert gathered.dropped == 2  # both models' rows of offset 2, sent again
     assert drift is not None and drift.to_pylist() == [{"feature": "amount", "count": 3}]
+    assert gathered.other == [("models", ["model_version", "thresholds"], [["m-1", {"t": 0.5}]])]
