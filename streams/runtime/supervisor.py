@@ -160,9 +160,7 @@ def spawner(settings: Settings) -> Spawn:
 
     def spawn(process: Process) -> subprocess.Popen[bytes]:
         env = {**os.environ, **settings.to_env(**process.env)}
-        return subprocess.Popen(
-            [sys.executable, "-m", "streams.cli.main", "worker"], env=env
-        )
+        return subprocess.Popen([sys.executable, "-m", "streams.cli.main", "worker"], env=env)
 
     return spawn
 
