@@ -219,14 +219,14 @@ class Settings(BaseSettings):
             "ClickHouse through its POST /sql. Default: STREAMSCORE_WEB_PORT."
         ),
     )
-    scorers: int = Field(
-        default=0,
+    scorers: int | None = Field(
+        default=None,
         ge=0,
         le=64,
         description=(
             "STREAMSCORE_SCORERS: scoring processes `streamscore worker` starts next to one "
-            "process for the other stages (sink, DLQ, labels, lake); 0 runs every stage in "
-            "one process."
+            "process for the other stages (sink, DLQ, labels, lake); default: one per CPU "
+            "core; 0 runs every stage in one process."
         ),
     )
     web_enabled: bool = Field(default=True, description="STREAMSCORE_WEB_ENABLED.")
@@ -480,6 +480,11 @@ class Settings(BaseSettings):
     def agent_names(self) -> frozenset[str]:
         """The agents this worker runs."""
         return frozenset(self.agents.split(","))
+
+    @property
+    def scoring_processes(self) -> int:
+        """STREAMSCORE_SCORERS, or one per CPU core when unset."""
+        return self.scorers if self.scorers is not None else max(1, os.cpu_count() or 1)
 
     @property
     def opens_clickhouse(self) -> bool:

@@ -600,9 +600,10 @@ def _take(source: Iterator[Record], count: int) -> Iterator[Record]:
 @click.option("--repeat", default=3, show_default=True, help="--monitoring: runs per setup.")
 @click.option(
     "--scorers",
-    default=0,
-    show_default=True,
-    help="Scoring processes next to one for the other stages (0: one process for all).",
+    type=int,
+    default=None,
+    help="Scoring processes next to one for the other stages (default: STREAMSCORE_SCORERS, "
+    "one per core; 0: one process for every stage).",
 )
 @click.option("--json", "as_json", is_flag=True, help="End with the result as one JSON object.")
 @click.pass_obj
@@ -616,7 +617,7 @@ def e2e(
     skip_latency: bool,
     monitoring: bool,
     repeat: int,
-    scorers: int,
+    scorers: int | None,
     as_json: bool,
 ) -> None:
     """One worker end to end (ingest → score → ClickHouse) against the raw-consumer ceiling.
@@ -643,6 +644,7 @@ def e2e(
             click.echo(line)
         click.echo(f"took {time.perf_counter() - began:.0f}s; worker log: {log}")
         return
+    scorers = bench.scoring_processes if scorers is None else scorers
     result = E2EResult(processes=scorers + 1 if scorers else 1)
     env = {"STREAMSCORE_SCORERS": str(scorers)}
     click.echo(f"pre-loading {events:,} events, then ceiling and the worker ...")

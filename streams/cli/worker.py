@@ -10,8 +10,9 @@ from streams.settings import Settings
 @click.command()
 @click.pass_obj
 def worker(settings: Settings) -> None:
-    """Run the worker: every stage of STREAMSCORE_AGENTS in this process, or, with
-    STREAMSCORE_SCORERS=N, N scoring processes and one for the other stages, supervised.
+    """Run the worker: STREAMSCORE_SCORERS scoring processes (default one per core) and
+    one for the other stages, supervised; with STREAMSCORE_SCORERS=0 every stage of
+    STREAMSCORE_AGENTS runs in this process.
 
     Run more processes with the same STREAMSCORE_APP_ID to scale out over partitions.
     Stops cleanly on SIGINT/SIGTERM, committing what was handed off.
@@ -26,7 +27,7 @@ def worker(settings: Settings) -> None:
             f"no local Kafka broker runs for {settings.home}; start it with "
             "'streamscore infra up' or set STREAMSCORE_KAFKA_BOOTSTRAP"
         )
-    if settings.scorers:
+    if settings.scoring_processes and "score" in settings.agent_names:
         _log_to_stderr(settings)
         run_supervisor(settings)
     else:

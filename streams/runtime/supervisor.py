@@ -1,4 +1,5 @@
-"""``streamscore worker`` with ``STREAMSCORE_SCORERS=N``: the topology as processes, supervised.
+"""``streamscore worker``: the topology as processes, supervised (``STREAMSCORE_SCORERS=N``
+scoring processes, default one per core; ``0`` runs every stage in one process instead).
 
 One process runs every stage but scoring (sink, DLQ, labels, lake): on chDB it is the one
 that holds the data path, and it serves ``/sql`` and ``/metrics`` on
@@ -49,7 +50,7 @@ class Process:
 def topology(settings: Settings) -> list[Process]:
     """The processes of ``settings``' topology: the non-scoring stages, then N scorers."""
     stages = sorted(settings.agent_names - {"score"})
-    scorers = settings.scorers if "score" in settings.agent_names else 0
+    scorers = settings.scoring_processes if "score" in settings.agent_names else 0
     common = {"STREAMSCORE_SCORERS": "0"}  # a child is one process, never a supervisor
     out: list[Process] = []
     if stages:

@@ -105,7 +105,10 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
         **settings.to_env(
-            STREAMSCORE_LOG_LEVEL="info", PYTHONUNBUFFERED="1", STREAMSCORE_AGENTS="ingest,lake"
+            STREAMSCORE_LOG_LEVEL="info",
+            PYTHONUNBUFFERED="1",
+            STREAMSCORE_AGENTS="ingest,lake",
+            STREAMSCORE_SCORERS="0",  # one process: a test's SIGKILL hits every stage
         ),
     }
     env.update(extra)

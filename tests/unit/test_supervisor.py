@@ -118,3 +118,14 @@ def test_stop_terminates_every_process() -> None:
     supervisor.stop()
     assert all(p.signals == [signal.SIGTERM] for ps in spawned.values() for p in ps)
     assert not supervisor.running
+
+
+def test_scorers_default_to_one_per_core_and_zero_means_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    assert Settings(home=tmp_path).scoring_processes == 3
+    assert [p.name for p in topology(Settings(home=tmp_path))][1:] == [
+        "score-0", "score-1", "score-2"
+    ]  # fmt: skip
+    assert Settings(home=tmp_path, scorers=0).scoring_processes == 0
