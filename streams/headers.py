@@ -2,6 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+__all__ = [
+    "DLQ_ERROR_CLASS",
+    "DLQ_ERROR_MESSAGE",
+    "DLQ_ERROR_PATHS",
+    "DLQ_PREFIX",
+    "DLQ_SCHEMA_ID",
+    "DLQ_SOURCE",
+    "DLQ_SOURCE_OFFSET",
+    "DLQ_SOURCE_PARTITION",
+    "DLQ_SOURCE_TIMESTAMP",
+    "DLQ_SOURCE_TOPIC",
+    "DLQ_STAGE",
+    "DLQ_TIME",
+    "DLQ_WORKER_ID",
+    "EVENT_TYPE",
+    "INGESTED_AT",
+    "SCHEMA_ID",
+    "SCHEMA_VERSION",
+    "SOURCE_OFFSET",
+    "SOURCE_PARTITION",
+    "SOURCE_TIMESTAMP",
+    "SOURCE_TOPIC",
+    "VALID_SOURCE",
+    "SourceNames",
+]
+
 # Set by producers (and kept on the valid hand-off).
 SCHEMA_ID = "schema-id"
 EVENT_TYPE = "event-type"
@@ -28,3 +56,22 @@ DLQ_ERROR_PATHS = "dlq.error.paths"
 DLQ_SCHEMA_ID = "dlq.schema.id"
 DLQ_WORKER_ID = "dlq.worker.id"
 DLQ_TIME = "dlq.time"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceNames:
+    """The headers one hand-off writes a record's origin under (``streams.records`` codec)."""
+
+    topic: str
+    partition: str
+    offset: str
+    timestamp: str  # the raw record's Kafka timestamp
+    handed_off_at: str  # when the hand-off wrote the record
+
+
+VALID_SOURCE = SourceNames(
+    SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, SOURCE_TIMESTAMP, INGESTED_AT
+)
+DLQ_SOURCE = SourceNames(
+    DLQ_SOURCE_TOPIC, DLQ_SOURCE_PARTITION, DLQ_SOURCE_OFFSET, DLQ_SOURCE_TIMESTAMP, DLQ_TIME
+)

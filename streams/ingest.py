@@ -19,10 +19,28 @@ import numpy.typing as npt
 import orjson
 
 from streams.errors import EventRejected, Violation
+from streams.records import RawRecord
 from streams.schemas.registry import EventSchema, SchemaRegistry
 from streams.schemas.validation import describe
 
-Headers = Sequence[tuple[str, bytes | None]]
+__all__ = [
+    "EMPTY_VALUE",
+    "NOT_AN_OBJECT",
+    "NOT_JSON",
+    "NOT_UTF8",
+    "PAYLOAD_TOO_LARGE",
+    "SCHEMA_VIOLATION",
+    "TOO_DEEPLY_NESTED",
+    "Accepted",
+    "DeadLetter",
+    "Limits",
+    "RawRecord",  # defined in streams.records, kept here for the callers that import it here
+    "guard",
+    "ingest_batch",
+    "ingest_record",
+    "nesting_depth",
+    "too_deep",
+]
 
 # Reasons are stable, machine-readable error classes (DLQ header, metrics label).
 PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -32,19 +50,6 @@ NOT_UTF8 = "not_utf8"
 NOT_JSON = "not_json"
 NOT_AN_OBJECT = "not_an_object"
 SCHEMA_VIOLATION = "schema_violation"
-
-
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """A Kafka record as it arrived, bytes untouched."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,27 +15,32 @@ import orjson
 import pyarrow as pa
 from confluent_kafka import Message
 
-from streams.agents.batching import BatchAgent, now_ms, timestamp_ms
+from streams.agents.batching import BatchAgent, now_ms
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.headers import (
     DLQ_ERROR_CLASS,
     DLQ_ERROR_MESSAGE,
     DLQ_ERROR_PATHS,
     DLQ_SCHEMA_ID,
-    DLQ_SOURCE_OFFSET,
-    DLQ_SOURCE_PARTITION,
-    DLQ_SOURCE_TIMESTAMP,
-    DLQ_SOURCE_TOPIC,
+    DLQ_SOURCE,
     DLQ_STAGE,
-    DLQ_TIME,
     DLQ_WORKER_ID,
     EVENT_TYPE,
 )
 from streams.monitoring.metrics import WorkerMetrics
+from streams.records import read_source, timestamp_ms
 from streams.settings import Settings
 from streams.sinks.clickhouse import DeadLetterSink, dedup_token
 from streams.text import bounded
 from streams.topics import dlq_topic
+
+__all__ = [
+    "EXIT_DLQ_SINK_FAILED",
+    "StoredDeadLetter",
+    "dead_letter_rows",
+    "register_dlq_agent",
+    "to_stored",
+]
 
 log = logging.getLogger("streams.agents.dlq")
 
@@ -69,17 +74,10 @@ class StoredDeadLetter:
         return self.topic, self.partition, self.offset
 
 
-def _int(value: str, default: int) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        return default
-
-
-# Only these headers become columns; the record's other headers (any size) are not read.
+# Only these headers become text columns; the record's other headers (any size) are not
+# read. The dlq.source.* headers and dlq.time are read_source's.
 _READ = frozenset(
-    (DLQ_ERROR_CLASS, DLQ_ERROR_MESSAGE, DLQ_ERROR_PATHS, DLQ_SCHEMA_ID, DLQ_SOURCE_OFFSET,
-     DLQ_SOURCE_PARTITION, DLQ_SOURCE_TIMESTAMP, DLQ_SOURCE_TOPIC, DLQ_STAGE, DLQ_TIME,
+    (DLQ_ERROR_CLASS, DLQ_ERROR_MESSAGE, DLQ_ERROR_PATHS, DLQ_SCHEMA_ID, DLQ_STAGE,
      DLQ_WORKER_ID, EVENT_TYPE)
 )  # fmt: skip
 # Our hand-off writes at most about 2 KB per header; a DLQ record from anywhere else is
@@ -101,21 +99,26 @@ def _paths(text: str) -> list[str]:
 
 
 def to_stored(message: Message) -> StoredDeadLetter:
-    """Read a dead letter's headers; a record without them keeps its DLQ coordinates."""
+    """Read a dead letter's headers. A record whose ``dlq.source.*`` headers are absent or
+    malformed keeps its DLQ coordinates (all three: never a mix), one without times the
+    DLQ record's timestamp."""
     pairs: list[tuple[str, object]] = list(message.headers() or ())  # type: ignore[arg-type]
     headers = {
         k: bounded(v, _LONG.get(k, _MAX_FIELD_CHARS)) if isinstance(v, bytes) else str(v or "")
         for k, v in pairs
         if k in _READ
     }
-    partition, offset = int(message.partition() or 0), int(message.offset() or 0)
+    found = read_source(pairs, DLQ_SOURCE)
+    dlq_partition, dlq_offset = int(message.partition() or 0), int(message.offset() or 0)
+    topic, partition, offset = found.source or (str(message.topic()), dlq_partition, dlq_offset)
+    own_ms = timestamp_ms(message)
     paths = _paths(headers.get(DLQ_ERROR_PATHS, "[]"))
     return StoredDeadLetter(
-        topic=headers.get(DLQ_SOURCE_TOPIC) or str(message.topic()),
-        partition=_int(headers.get(DLQ_SOURCE_PARTITION, ""), partition),
-        offset=_int(headers.get(DLQ_SOURCE_OFFSET, ""), offset),
-        produced_at_ms=_int(headers.get(DLQ_SOURCE_TIMESTAMP, ""), timestamp_ms(message)),
-        dead_at_ms=_int(headers.get(DLQ_TIME, ""), timestamp_ms(message)),
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        produced_at_ms=own_ms if found.produced_at_ms is None else found.produced_at_ms,
+        dead_at_ms=own_ms if found.handed_off_at_ms is None else found.handed_off_at_ms,
         stage=headers.get(DLQ_STAGE, ""),
         reason=headers.get(DLQ_ERROR_CLASS, "unknown"),
         message=headers.get(DLQ_ERROR_MESSAGE, ""),
@@ -124,8 +127,8 @@ def to_stored(message: Message) -> StoredDeadLetter:
         event_type=headers.get(EVENT_TYPE, ""),
         key=message.key() or b"",
         payload=message.value() or b"",
-        dlq_partition=partition,
-        dlq_offset=offset,
+        dlq_partition=dlq_partition,
+        dlq_offset=dlq_offset,
         worker_id=headers.get(DLQ_WORKER_ID, ""),
     )
 

@@ -1,8 +1,9 @@
 """The ingestion agent: raw topics → (valid topic per event type | dead-letter topic).
 
-All logic is in ``streams.ingest`` (pure) and ``streams.sinks.handoff`` (Kafka). This
-agent turns a consumed batch into RawRecords, runs ``ingest_batch`` and awaits the
-hand-off's acknowledgements; only then does ``BatchAgent`` store the batch's offsets.
+All logic is in ``streams.records`` and ``streams.ingest`` (pure) and
+``streams.sinks.handoff`` (Kafka). This agent turns a consumed batch into RawRecords, runs
+``ingest_batch`` and awaits the hand-off's acknowledgements; only then does ``BatchAgent``
+store the batch's offsets.
 """
 
 from __future__ import annotations
@@ -13,30 +14,20 @@ from collections.abc import Sequence
 import faust
 from confluent_kafka import Message
 
-from streams.agents.batching import BatchAgent, timestamp_ms
-from streams.ingest import Limits, RawRecord, ingest_batch
+from streams.agents.batching import BatchAgent
+from streams.ingest import Limits, ingest_batch
 from streams.monitoring.metrics import WorkerMetrics
+from streams.records import to_raw_record
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.sinks.handoff import KafkaHandoff
 from streams.topics import raw_topics
 
+__all__ = ["EXIT_HANDOFF_FAILED", "register_ingest_agent"]
+
 # Exit code when a hand-off fails: the process stops before the batch's offsets are
 # stored, so the committed offsets never pass an event that was not delivered.
 EXIT_HANDOFF_FAILED = 70
-
-
-def to_raw_record(message: Message) -> RawRecord:
-    """A confluent-kafka message as a RawRecord (no copies of the bytes)."""
-    return RawRecord(
-        str(message.topic()),
-        int(message.partition() or 0),
-        int(message.offset() or 0),
-        timestamp_ms(message),
-        message.key(),
-        message.value(),
-        tuple(message.headers() or ()),  # type: ignore[arg-type]
-    )
 
 
 def register_ingest_agent(

@@ -20,14 +20,25 @@ import pyarrow as pa
 from confluent_kafka import Message
 
 from streams.agents.batching import BatchAgent, now_ms
-from streams.agents.score import to_valid_event
 from streams.clickhouse.gateway import ClickHouseGateway
-from streams.ingest import DeadLetter, RawRecord
-from streams.scoring.pipeline import ValidEvent
+from streams.ingest import DeadLetter
+from streams.records import RawRecord, ValidEvent, to_valid_event
 from streams.settings import Settings
 from streams.sinks.clickhouse import Source, dedup_token, existing_sources, insert_settings
 from streams.sinks.handoff import KafkaHandoff
 from streams.topics import valid_topic
+
+__all__ = [
+    "EXIT_LABELS_SINK_FAILED",
+    "LabelStore",
+    "StoredLabel",
+    "decode_labels",
+    "fresh_labels",
+    "label_rows",
+    "register_labels_agent",
+    "rfc3339_ms",
+    "to_label",
+]
 
 log = logging.getLogger("streams.agents.labels")
 

@@ -38,10 +38,10 @@ from confluent_kafka import Message
 
 from streams.agents.batching import BatchAgent
 from streams.errors import ConfigError
-from streams.headers import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from streams.lake.exceptions import LakeError, LakeInputError
 from streams.lake.schema import SCHEMAS, to_table
 from streams.lake.writer import BatchReport, LakeWriter, RecoverReport, SourceRange, batch_digest
+from streams.records import Source, read_source
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.topics import valid_topic
@@ -61,7 +61,6 @@ __all__ = [
     "register_lake_agent",
     "resume_points",
     "select_new",
-    "source_from_headers",
     "to_handoff_record",
 ]
 
@@ -77,7 +76,6 @@ STATE_DIR = "_lake_sink"
 STATE_VERSION = 1
 
 Partition = tuple[str, int]  # (topic, partition)
-Source = tuple[str, int, int]  # the raw record's (topic, partition, offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,48 +106,20 @@ class Selection:
     marks: dict[Partition, int]
 
 
-def _header_text(value: Any) -> str | None:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
-
-
-def source_from_headers(
-    headers: Iterable[tuple[str, Any]] | Mapping[str, Any] | None,
-) -> Source | None:
-    """The ``source-topic/-partition/-offset`` headers as a tuple; None if any is absent or bad."""
-    if headers is None:
-        return None
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    found: dict[str, str | None] = {
-        k: _header_text(v) for k, v in pairs if k in (SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET)
-    }
-    topic, partition, offset = (
-        found.get(k) for k in (SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET)
-    )
-    if not topic or partition is None or offset is None:
-        return None
-    try:
-        source = topic, int(partition), int(offset)
-    except ValueError:
-        return None
-    # A negative offset would sit at or below every mark and be dropped unseen.
-    return source if source[1] >= 0 and source[2] >= 0 else None
-
-
 def to_handoff_record(message: Message) -> HandoffRecord:
     """A consumed hand-off message as a HandoffRecord.
 
     The record keeps the message's own coordinates; when its ``source-*`` headers are
-    absent or malformed its source is None, so the lake's provenance columns stay empty
-    and only the hand-off offset deduplicates it (the raw-offset marks cannot).
+    absent or malformed (``streams.records.read_source``) its source is None, so the
+    lake's provenance columns stay empty and only the hand-off offset deduplicates it
+    (the raw-offset marks cannot).
     """
     return HandoffRecord(
         str(message.topic()),
         int(message.partition() or 0),
         int(message.offset() or 0),
         message.value() or b"",
-        source_from_headers(message.headers()),
+        read_source(message.headers()).source,
     )
 
 

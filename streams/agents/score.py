@@ -37,32 +37,24 @@ import numpy as np
 import orjson
 from confluent_kafka import Message
 
-from streams.agents.batching import BatchAgent, now_ms, timestamp_ms
-from streams.agents.ingest import to_raw_record
+from streams.agents.batching import BatchAgent, now_ms
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.clickhouse.reads import ClickHouseReads, latest_run, live_marks, reads_for
 from streams.errors import DeliveryError
 from streams.features.online import OnlineFeatures
 from streams.features.runs import NightlyRun
-from streams.headers import (
-    INGESTED_AT,
-    SOURCE_OFFSET,
-    SOURCE_PARTITION,
-    SOURCE_TIMESTAMP,
-    SOURCE_TOPIC,
-)
-from streams.ingest import DeadLetter, Limits, RawRecord, ingest_batch
+from streams.ingest import DeadLetter, Limits, ingest_batch
 from streams.kafka import make_producer
 from streams.monitoring.drift import DriftDeltas
 from streams.monitoring.metrics import WorkerMetrics
 from streams.monitoring.stream import DriftMonitor
+from streams.records import RawRecord, ValidEvent, scoring_event, to_raw_record
 from streams.redact import redact
 from streams.schemas.registry import SchemaRegistry
 from streams.scoring.modelset import ModelHolder, ModelSet
 from streams.scoring.pipeline import (
     DecodedBatch,
     ScoredEvents,
-    ValidEvent,
     decode_events,
     input_columns,
     prediction_messages,
@@ -87,51 +79,6 @@ log = logging.getLogger("streams.agents.score")
 EXIT_SINK_FAILED = 72
 UNDECODABLE = "undecodable"
 RELOAD_EVERY_S = 30.0
-
-
-def to_valid_event(message: Message) -> ValidEvent:
-    """A valid-topic message with its raw source coordinates (its own when headers lack them)."""
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    found: dict[str, bytes] = {}
-    for key, value in message.headers() or ():  # type: ignore[misc]
-        if key in _WANTED and isinstance(value, bytes):
-            found[key] = value
-    try:
-        source = (
-            found[SOURCE_TOPIC].decode(),
-            int(found[SOURCE_PARTITION]),
-            int(found[SOURCE_OFFSET]),
-        )
-    except (KeyError, ValueError):
-        source = (str(topic), int(partition or 0), int(offset or 0))
-    produced = int(found[SOURCE_TIMESTAMP]) if SOURCE_TIMESTAMP in found else timestamp_ms(message)
-    ingested = int(found[INGESTED_AT]) if INGESTED_AT in found else timestamp_ms(message)
-    return ValidEvent(
-        int(partition or 0),
-        int(offset or 0),
-        source,
-        produced,
-        ingested,
-        message.key(),
-        message.value() or b"",
-    )
-
-
-_WANTED = frozenset((SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, SOURCE_TIMESTAMP, INGESTED_AT))
-
-
-def scoring_event(record: RawRecord, picked_up_ms: int) -> ValidEvent:
-    """A validated raw record as the scoring pipeline reads it: it is its own source, and the
-    raw partition and offset stand where a hand-off topic's would."""
-    return ValidEvent(
-        record.partition,
-        record.offset,
-        (record.topic, record.partition, record.offset),
-        record.timestamp_ms,
-        picked_up_ms,
-        record.key,
-        record.value or b"",
-    )
 
 
 def model_rows(models: ModelSet, settings: Settings) -> list[list[object]]:

@@ -28,10 +28,9 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from streams.features.registry import ServiceLayout
+from streams.records import ValidEvent as ValidEvent  # moved; re-exported for old callers
 from streams.scoring.decide import Decision
 from streams.scoring.modelset import ModelScores, ModelSet
-
-Source = tuple[str, int, int]  # the raw record's (topic, partition, offset)
 
 _TS = pa.timestamp("ms", tz="UTC")
 _TS_US = pa.timestamp("us", tz="UTC")
@@ -53,19 +52,6 @@ CONTEXT_COLUMNS: Mapping[str, pa.DataType] = {
     "is_3ds": pa.bool_(),
 }
 DECISION_NAMES = tuple(d.name.lower() for d in Decision)
-
-
-@dataclass(frozen=True, slots=True)
-class ValidEvent:
-    """One record of a valid hand-off topic, with where it came from."""
-
-    handoff_partition: int
-    handoff_offset: int
-    source: Source
-    produced_at_ms: int  # the raw record's Kafka timestamp
-    ingested_at_ms: int
-    key: bytes | None
-    value: bytes
 
 
 @dataclass(frozen=True, slots=True)

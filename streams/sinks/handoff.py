@@ -1,9 +1,10 @@
 """The ingestion hand-off: accepted events to their valid topic, dead letters to the DLQ.
 
 Both keep the original key and value bytes. Accepted events gain ``source-*`` headers
-(topic, partition, offset of the raw record), so every downstream consumer can
-deduplicate on the source coordinates: ingestion is at-least-once, and a worker crash
-between send and commit re-sends a batch that downstream then drops as duplicates.
+(topic, partition, offset of the raw record; the codec is ``streams.records``), so every
+downstream consumer can deduplicate on the source coordinates: ingestion is
+at-least-once, and a worker crash between send and commit re-sends a batch that
+downstream then drops as duplicates.
 Dead letters gain ``dlq.*`` headers that say what was wrong and where it came from.
 
 ``deliver`` returns only when the broker acknowledged every record (acks=all,
@@ -16,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import astuple
 
 import orjson
 from confluent_kafka import KafkaError as _ConfluentError
@@ -28,31 +30,38 @@ from streams.headers import (
     DLQ_ERROR_PATHS,
     DLQ_PREFIX,
     DLQ_SCHEMA_ID,
-    DLQ_SOURCE_OFFSET,
-    DLQ_SOURCE_PARTITION,
-    DLQ_SOURCE_TIMESTAMP,
-    DLQ_SOURCE_TOPIC,
+    DLQ_SOURCE,
     DLQ_STAGE,
-    DLQ_TIME,
     DLQ_WORKER_ID,
     EVENT_TYPE,
-    INGESTED_AT,
     SCHEMA_ID,
     SCHEMA_VERSION,
-    SOURCE_OFFSET,
-    SOURCE_PARTITION,
-    SOURCE_TIMESTAMP,
-    SOURCE_TOPIC,
+    VALID_SOURCE,
 )
 from streams.ingest import Accepted, DeadLetter
 from streams.kafka import make_producer
+from streams.records import source_headers
 from streams.schemas.validation import MAX_PATH_CHARS
 from streams.settings import Settings
 from streams.text import bounded
 from streams.topics import dlq_topic, valid_topic
 
+__all__ = [
+    "MAX_EVENT_ID_CHARS",
+    "MAX_MESSAGE_CHARS",
+    "MAX_PATHS_BYTES",
+    "Header",
+    "KafkaHandoff",
+    "dead_letter_headers",
+    "handoff_headers",
+    "log_dead_letter",
+    "paths_header",
+]
+
 Header = tuple[str, bytes]
-_KEEP_ON_HANDOFF = frozenset((SCHEMA_ID, EVENT_TYPE, SCHEMA_VERSION))
+# A raw record's own copies of these are dropped: the hand-off writes them, so a reader
+# never sees two (a producer's ``source-offset`` cannot pose as ours).
+_REPLACED_ON_HANDOFF = frozenset((SCHEMA_ID, EVENT_TYPE, SCHEMA_VERSION, *astuple(VALID_SOURCE)))
 # A DLQ header or a log line quotes input (a header value, an event's string) only cut
 # with bounded(), which says how long the original was: a 1 MB header costs 2 KB.
 MAX_MESSAGE_CHARS = 2000
@@ -66,18 +75,14 @@ def handoff_headers(accepted: Accepted, now_ms: int) -> list[Header]:
     """Headers of an accepted event on its valid topic: schema identity and source offsets."""
     record, schema = accepted.record, accepted.schema
     headers: list[Header] = [
-        (k, v) for k, v in record.headers if k not in _KEEP_ON_HANDOFF and v is not None
+        (k, v) for k, v in record.headers if k not in _REPLACED_ON_HANDOFF and v is not None
     ]
     headers += [
         (SCHEMA_ID, schema.schema_id.encode()),
         (EVENT_TYPE, schema.event_type.encode()),
         (SCHEMA_VERSION, str(schema.version).encode()),
-        (SOURCE_TOPIC, record.topic.encode()),
-        (SOURCE_PARTITION, str(record.partition).encode()),
-        (SOURCE_OFFSET, str(record.offset).encode()),
-        (SOURCE_TIMESTAMP, str(record.timestamp_ms).encode()),
-        (INGESTED_AT, str(now_ms).encode()),
     ]
+    headers += source_headers(record, now_ms, VALID_SOURCE)
     return headers
 
 
@@ -87,18 +92,14 @@ def dead_letter_headers(dead: DeadLetter, stage: str, worker_id: str, now_ms: in
     headers: list[Header] = [
         (k, v if v is not None else b"") for k, v in record.headers if not k.startswith(DLQ_PREFIX)
     ]
+    headers += source_headers(record, now_ms, DLQ_SOURCE)
     headers += [
-        (DLQ_SOURCE_TOPIC, record.topic.encode()),
-        (DLQ_SOURCE_PARTITION, str(record.partition).encode()),
-        (DLQ_SOURCE_OFFSET, str(record.offset).encode()),
-        (DLQ_SOURCE_TIMESTAMP, str(record.timestamp_ms).encode()),
         (DLQ_STAGE, stage.encode()),
         (DLQ_ERROR_CLASS, dead.reason.encode()),
         (DLQ_ERROR_MESSAGE, bounded(dead.message, MAX_MESSAGE_CHARS).encode()),
         (DLQ_ERROR_PATHS, paths_header(dead.violations)),
         (DLQ_SCHEMA_ID, (dead.schema_id or "").encode()),
         (DLQ_WORKER_ID, worker_id.encode()),
-        (DLQ_TIME, str(now_ms).encode()),
     ]
     return headers
 

@@ -13,7 +13,7 @@ from streams.agents.labels import (
     label_rows,
     rfc3339_ms,
 )
-from streams.agents.score import to_valid_event
+from streams.records import to_valid_event
 
 LABEL = {
     "event_id": "0b6f6c1e-4c1e-4f0a-9a55-8d1c9f0d2a11",

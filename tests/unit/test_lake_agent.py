@@ -21,7 +21,6 @@ from streams.agents.lake import (
     lake_events,
     resume_points,
     select_new,
-    source_from_headers,
 )
 from streams.errors import FeatureError
 from streams.features.runs import NightlyRun
@@ -54,20 +53,6 @@ def values() -> list[bytes]:
         if len(out) == 40:
             return out
     raise AssertionError("the simulator ran dry")
-
-
-def test_source_from_headers_reads_bytes_lists_and_dicts() -> None:
-    headers = [
-        ("x", b"1"),
-        ("source-topic", b"raw"),
-        ("source-partition", b"2"),
-        ("source-offset", b"17"),
-    ]
-    assert source_from_headers(headers) == ("raw", 2, 17)
-    assert source_from_headers(dict(headers)) == ("raw", 2, 17)
-    assert source_from_headers(headers[:3]) is None
-    assert source_from_headers([*headers[:3], ("source-offset", b"x")]) is None
-    assert source_from_headers(None) is None
 
 
 def test_group_records_by_type_and_partition_in_offset_order() -> None:
