@@ -21,7 +21,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 from streams.errors import KafkaError
 from streams.settings import Settings
 
-DAY_MS = 24 * 60 * 60 * 1000
+HOUR_MS = 60 * 60 * 1000
+DAY_MS = 24 * HOUR_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,17 @@ PREDICTIONS = TopicSpec(
     description="Decisions: one small record per scored event, keyed by account (at least once).",
 )
 REVIEW = TopicSpec("review", 3, 30 * DAY_MS, description="Low-confidence cases for humans.")
+# Delete, not compact: every reader starts at the end (a starting process reads the model
+# registry itself), so no one reads old messages and compaction's "latest per key" would
+# serve no one; a day of them stays for whoever asks what was broadcast. Segments roll
+# hourly, else the retention of a topic this quiet would wait for the 7-day default roll.
+CONTROL = TopicSpec(
+    "control",
+    1,  # one order for every reader
+    DAY_MS,
+    description="Broadcasts to every worker process (model promotions, rollbacks).",
+    extra=(("segment.ms", str(HOUR_MS)),),
+)
 
 
 def valid_spec(event_type: str) -> TopicSpec:
@@ -101,6 +113,7 @@ def declared_topics(event_types: Iterable[str]) -> tuple[TopicSpec, ...]:
         DLQ,
         PREDICTIONS,
         REVIEW,
+        CONTROL,
         *(valid_spec(t) for t in types),
         *(scored_spec(t) for t in types),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,13 @@ from streams.features.spec import FeatureServiceSpec
 from streams.settings import Settings
 
 if TYPE_CHECKING:
+    from streams.agents.control import ModelsAction
     from streams.scoring.evidence import Query
+    from streams.scoring.registry import RegistryConfig
+
+# How often a scoring process polls the registry's mtime (streams.agents.score's
+# RELOAD_EVERY_S, not imported: that module loads the whole scoring stack).
+REGISTRY_POLL_S = 30
 
 
 def _feature_function(module: str, name: str, purpose: str) -> Any:
@@ -51,6 +58,38 @@ def _registry_file(settings: Settings) -> Path:
     from streams.scoring.registry import registry_path
 
     return registry_path(settings.models_dir)
+
+
+def _broadcast(
+    settings: Settings, action: ModelsAction, config: RegistryConfig, console: Console
+) -> None:
+    """Tell every worker process to reload now (the control topic), after the registry is
+    written. The registry is the truth: if the broadcast fails the change stands, and a
+    warning says when the processes pick it up anyway."""
+    from rich.markup import escape
+
+    from streams.agents.control import models_message, publish_control
+    from streams.redact import redact
+
+    path = _registry_file(settings)
+    # The warning quotes librdkafka's reason; its own log lines would repeat it on stderr.
+    quiet = logging.getLogger("streams.cli.model.librdkafka")
+    quiet.propagate = False
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    try:
+        challengers = [c.model for c in config.challengers]
+        message = models_message(action, config.champion, challengers, path)
+        offset = publish_control(settings, message, logger=quiet)
+    except (StreamscoreError, OSError) as exc:  # OSError: the registry could not be read back
+        console.print(
+            f"[yellow]warning:[/] {escape(redact(str(exc)))}. The {action} stands "
+            f"({escape(str(path))} is written): worker processes pick it up within "
+            f"{REGISTRY_POLL_S} s, when they next poll it.",
+            soft_wrap=True,  # one line, unwrapped, for logs and greps
+        )
+        return
+    console.print(f"broadcast to every worker process (control topic, offset {offset})")
 
 
 @click.group()
@@ -314,12 +353,15 @@ def promote(
                 raise click.ClickException(f"not promoted: {evidence.refusal()}")
             click.echo(f"--force: promoting anyway ({evidence.refusal()})")
     with edit_registry(_registry_file(settings)) as box:
-        before = box[0].champion
+        old = box[0]
         box[0] = promote_in(box[0], model_id, role=role, share=canary or 0.0)  # type: ignore[arg-type]
+        new = box[0]
     if role == "champion":
-        console.print(f"champion: {before or '(none)'} → {model_id}")
+        console.print(f"champion: {old.champion or '(none)'} → {model_id}")
     else:
         console.print(f"{model_id} added as {role}" + (f" ({canary:.0%})" if canary else ""))
+    if new != old:  # (edit_registry wrote it)
+        _broadcast(settings, "promote", new, console)
 
 
 @model.command()
@@ -337,6 +379,7 @@ def rollback(settings: Settings) -> None:
         _check_artifact(settings, str(after.champion), console)
         box[0] = after
     console.print(f"champion: {before} → {after.champion}")
+    _broadcast(settings, "rollback", after, console)
 
 
 @model.command()

@@ -19,8 +19,9 @@ def test_declared_topics_cover_the_flow() -> None:
     specs = {s.name: s for s in declared_topics(["transaction", "label"])}
     assert specs["events.raw"].partitions == 6
     for name in ("events.dlq", "predictions", "review", "events.valid.transaction",
-                 "events.valid.label", "labels.raw"):  # fmt: skip
+                 "events.valid.label", "labels.raw", "control"):  # fmt: skip
         assert name in specs
+    assert specs["control"].partitions == 1  # one order for every worker process
     assert all(s.retention_ms > 0 and s.cleanup_policy == "delete" for s in specs.values())
 
 
