@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -60,8 +60,7 @@ class Limits:
     max_nesting_depth: int
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(NamedTuple):
     """A valid event and the schema it validated against."""
 
     record: RawRecord
@@ -69,8 +68,7 @@ class Accepted:
     event: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(NamedTuple):
     """An event that failed ingestion, with why. The record's bytes go to the DLQ unchanged."""
 
     record: RawRecord

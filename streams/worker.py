@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -20,6 +21,7 @@ from streams.kafka import make_admin
 from streams.monitoring.logs import logging_config
 from streams.monitoring.metrics import WorkerMetrics, register_metrics_endpoint
 from streams.nightly import NightlyRun, run_nightly
+from streams.runtime.control import register_control_agent
 from streams.schemas.registry import SchemaRegistry
 from streams.settings import Settings
 from streams.sinks.handoff import KafkaHandoff
@@ -64,7 +66,9 @@ def build_app(settings: Settings) -> faust.App:
         if "sink" in agents:
             register_sink_agent(app, settings, gateway, metrics=metrics)
     if "score" in agents:
-        register_score_agent(app, settings, gateway, metrics=metrics, registry=registry)
+        score = register_score_agent(app, settings, gateway, metrics=metrics, registry=registry)
+        # Promotions and rollbacks, broadcast to every process (a group per process).
+        register_control_agent(app, settings, score.scoring.on_control)  # type: ignore[attr-defined]
     if settings.nightly_cron:
         # One nightly run per group, not one per worker: on a server, on the leader; on
         # chDB (the run records itself in feature_runs) in the one process holding it.
@@ -105,6 +109,12 @@ def nightly_job(
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM."""
     app = build_app(settings)
+    # The stages allocate a few objects per event, and each full collection would walk
+    # everything start-up loaded (feature tables, models, schemas): freeze that, and
+    # collect the young generation less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     level = settings.log_level.upper()
     if settings.log_format == "json":
         config = logging_config(level, settings.worker_id)

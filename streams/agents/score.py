@@ -50,6 +50,7 @@ from streams.monitoring.metrics import WorkerMetrics
 from streams.monitoring.stream import DriftMonitor
 from streams.records import RawRecord, ValidEvent, scoring_event, to_raw_record
 from streams.redact import redact
+from streams.runtime.control import ControlMessage
 from streams.schemas.registry import SchemaRegistry
 from streams.scoring.modelset import ModelHolder, ModelSet
 from streams.scoring.pipeline import (
@@ -173,7 +174,9 @@ class Scoring:
         self.marks = SourceMarks()
         self.columns = input_columns(self.features.layout)
         self.handoff = KafkaHandoff(settings)
-        self.producer = make_producer(settings, **{"linger.ms": 2})
+        self.producer = make_producer(
+            settings, **{"linger.ms": 2, "delivery.report.only.error": True}
+        )
         self.predictions_topic = topic_name(settings, PREDICTIONS)
         self.review_topic = topic_name(settings, REVIEW)
         self.scored_topic = scored_topic(settings, event_type)
@@ -255,6 +258,17 @@ class Scoring:
             except Exception as exc:  # ModelHolder keeps the old set
                 log.error("model reload failed: %s", exc)
 
+    def on_control(self, message: ControlMessage) -> None:
+        """A broadcast promotion or rollback: reload the registry before the next batch
+        (on the event loop: it only marks the reload due; ``maybe_reload`` swaps)."""
+        if message.kind == "models":
+            log.info(
+                "control: models %s by %s (champion %s): reloading the registry",
+                message.action, message.issued_by, message.champion,
+            )  # fmt: skip
+            self._registry_mtime = -1.0  # differs from any stamp: the next batch swaps
+            self._next_reload = 0.0
+
     # -- the batch -------------------------------------------------------------------
     async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
         mine = [p for t, p in partitions if t == self.topic]
@@ -270,11 +284,16 @@ class Scoring:
     def _marks(self, partition: int) -> dict[tuple[str, int], int]:
         return live_marks(self.reads, self.event_type, partition)
 
-    def prepare(self, events: Sequence[ValidEvent], picked_up_ms: int) -> Prepared:
+    def prepare(
+        self,
+        events: Sequence[ValidEvent],
+        picked_up_ms: int,
+        parsed: Sequence[dict[str, Any]] | None = None,
+    ) -> Prepared:
         """The pure part, run in a thread: decode, features, models, rows, drift, and what
         the sink stage gets (rows and drift deltas, encoded)."""
         self.maybe_reload()
-        decoded = decode_events(events, self.columns)
+        decoded = decode_events(events, self.columns, parsed=parsed)
         if not decoded.events:
             return Prepared(decoded, None, None, [], None)
         scored = score_events(
@@ -299,13 +318,11 @@ class Scoring:
         records = [to_raw_record(m) for m in messages]
         accepted, dead = await asyncio.to_thread(ingest_batch, records, self.registry, self.limits)
         handoff = asyncio.ensure_future(self.handoff.deliver(accepted, dead))
-        events = [
-            scoring_event(a.record, picked_up)
-            for a in accepted
-            if a.schema.event_type == self.event_type
-        ]
+        mine = [a for a in accepted if a.schema.event_type == self.event_type]
+        events = [scoring_event(a.record, picked_up) for a in mine]
         try:
-            failed = await self.score(events, picked_up)
+            # Validation parsed each event already: scoring reads those dicts.
+            failed = await self.score(events, picked_up, [a.event for a in mine])
         finally:
             await handoff  # both sends are confirmed before the offsets are stored
         if failed:
@@ -317,9 +334,13 @@ class Scoring:
             self.metrics.count_dlq("ingest", (d.reason for d in dead))
 
     async def score(
-        self, events: list[ValidEvent], picked_up: int
+        self,
+        events: list[ValidEvent],
+        picked_up: int,
+        parsed: list[dict[str, Any]] | None = None,
     ) -> Sequence[tuple[ValidEvent, str]]:
-        """Score, decide and send ``events``; returns those that could not be decoded."""
+        """Score, decide and send ``events`` (``parsed``: their values, already decoded);
+        returns those that could not be decoded."""
         if self.dedup:
             keep = self.marks.select(events)
             if len(keep) < len(events):
@@ -327,9 +348,10 @@ class Scoring:
                 if self.metrics is not None:
                     self.metrics.count("score", "copies_dropped", len(events) - len(keep))
                 events = [events[i] for i in keep]
+                parsed = None if parsed is None else [parsed[i] for i in keep]
         if not events:
             return ()
-        prepared = await asyncio.to_thread(self.prepare, events, picked_up)
+        prepared = await asyncio.to_thread(self.prepare, events, picked_up, parsed)
         decoded, scored = prepared.decoded, prepared.scored
         if scored is None:
             return decoded.failed

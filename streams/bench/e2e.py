@@ -85,6 +85,7 @@ class E2EResult:
     decision_ms: dict[str, float] = field(default_factory=dict)  # produce → decision received
     inserts_per_s: float = 0.0  # the busiest table's, during the latency run
     processes: int = 1
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)  # by process role
 
     def to_json(self) -> dict[str, Any]:
         """The machine-readable result (``--json``)."""
@@ -106,6 +107,7 @@ class E2EResult:
             "startup_s": round(self.startup_s, 2),
             "peak_rss_mb": round(self.peak_rss_mb),
             "processes": self.processes,
+            "cpu_us_per_event": self.cpu_us_per_event,
         }
 
     @property
@@ -178,9 +180,11 @@ def format_table(result: E2EResult) -> list[str]:
         row("    sustained by inserted_at", f"{r.inserted_eps:,.0f}/s"),
         row("    wall, incl. start-up", f"{r.wall_eps:,.0f}/s"),
         row("    start-up to first prediction", f"{r.startup_s:.1f} s"),
-        row("    worker peak RSS", f"{r.peak_rss_mb:,.0f} MB"),
+        row("    peak RSS, largest process", f"{r.peak_rss_mb:,.0f} MB"),
         row("    events per scoring batch", f"{r.batch_events:,.0f}"),
     ]
+    for role, us in sorted(r.cpu_us_per_event.items()):
+        lines.append(row(f"    CPU per event, {role} processes", f"{us:,.1f} µs"))
     for stage, ms in r.stages_ms.items():
         lines.append(row(f"    mean {stage} per batch", f"{ms:,.1f} ms"))
     lines += [
@@ -338,15 +342,16 @@ def _watch(
     worker: subprocess.Popen[bytes],
     expected: int,
     timeout: float,
-) -> tuple[int, int, int, float]:
-    """Count decisions until ``expected``: (seen, first ms, last ms, peak RSS MB)."""
+) -> tuple[int, int, int, float, dict[str, float]]:
+    """Count decisions until ``expected``: (seen, first ms, last ms, peak RSS MB, CPU µs per
+    event by role from the first decision on)."""
     from streams.kafka import make_consumer
     from streams.topics import PREDICTIONS, topic_name
 
     consumer = make_consumer(settings, f"bench-watch-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic_name(settings, PREDICTIONS)])
-    proc = psutil.Process(worker.pid)
-    seen, first_ms, last_ms, peak = 0, 0, 0, 0
+    usage = Usage(psutil.Process(worker.pid))
+    seen, first_ms, last_ms = 0, 0, 0
     deadline = time.monotonic() + timeout
     try:
         while seen < expected and time.monotonic() < deadline:
@@ -359,21 +364,51 @@ def _watch(
                 stamp = message.timestamp()[1]
                 first_ms = stamp if not first_ms else min(first_ms, stamp)
                 last_ms = max(last_ms, stamp)
-            peak = max(peak, _peak_rss(proc))
+            usage.sample(started=seen > 0)
     finally:
         consumer.close()
     if seen < expected:
         raise RuntimeError(f"only {seen:,} of {expected:,} events scored within {timeout:.0f}s")
-    return seen, first_ms, last_ms, peak / 2**20
+    cpu = {role: round(us / seen, 1) for role, us in usage.cpu_us().items()}
+    return seen, first_ms, last_ms, usage.peak_rss / 2**20, cpu
 
 
-def _peak_rss(proc: psutil.Process) -> int:
-    """The largest RSS among ``proc`` and its children (a supervised topology)."""
-    rss = proc.memory_info().rss
-    for child in proc.children(recursive=True):
-        with contextlib.suppress(psutil.Error):  # it may have just exited
-            rss = max(rss, child.memory_info().rss)
-    return int(rss)
+class Usage:
+    """Peak RSS and CPU time of a worker and its children (a supervised topology), by role:
+    ``score`` (scoring processes), ``stages`` (the rest), ``worker`` (all in one)."""
+
+    def __init__(self, proc: psutil.Process) -> None:
+        self.proc = proc
+        self.peak_rss = 0
+        self._first: dict[int, float] = {}  # CPU seconds at the first decision
+        self._last: dict[int, tuple[str, float]] = {}
+
+    def sample(self, started: bool) -> None:
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # it may have just exited
+                self.peak_rss = max(self.peak_rss, p.memory_info().rss)
+                times = p.cpu_times()
+                cpu = times.user + times.system
+                if p.pid not in self._last:
+                    self._last[p.pid] = (_role(p, p is self.proc), cpu)
+                    if started:
+                        self._first[p.pid] = 0.0  # started mid-run: all its time counts
+                if not started:
+                    self._first[p.pid] = cpu
+                self._last[p.pid] = (self._last[p.pid][0], cpu)
+
+    def cpu_us(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, (role, cpu) in self._last.items():
+            out[role] = out.get(role, 0.0) + (cpu - self._first.get(pid, cpu)) * 1e6
+        return {role: us for role, us in out.items() if us > 0}
+
+
+def _role(p: psutil.Process, top: bool) -> str:
+    agents = p.environ().get("STREAMSCORE_AGENTS", "")
+    if agents == "score":
+        return "score"
+    return "supervisor" if top and p.children() else "worker" if top else "stages"
 
 
 def _query(settings: Settings, sql: str, topic: str) -> list[Sequence[Any]]:
@@ -404,7 +439,7 @@ def throughput(settings: Settings, events: int, result: E2EResult, log: Path, **
         started_ms = time.time() * 1000
         worker = start_worker(run, log, STREAMSCORE_AGENTS=AGENTS, **env)
         try:
-            seen, first_ms, last_ms, result.peak_rss_mb = _watch(
+            seen, first_ms, last_ms, result.peak_rss_mb, result.cpu_us_per_event = _watch(
                 run, worker, result.valid, timeout=1800
             )
             wall = time.perf_counter() - started

@@ -18,7 +18,7 @@ from streams.features.spec import FeatureServiceSpec
 from streams.settings import Settings
 
 if TYPE_CHECKING:
-    from streams.agents.control import ModelsAction
+    from streams.runtime.control import ModelsAction
     from streams.scoring.evidence import Query
     from streams.scoring.registry import RegistryConfig
 
@@ -68,8 +68,8 @@ def _broadcast(
     warning says when the processes pick it up anyway."""
     from rich.markup import escape
 
-    from streams.agents.control import models_message, publish_control
     from streams.redact import redact
+    from streams.runtime.control import models_message, publish_control
 
     path = _registry_file(settings)
     # The warning quotes librdkafka's reason; its own log lines would repeat it on stderr.

@@ -81,11 +81,21 @@ def decode_events(
     events: Sequence[ValidEvent],
     columns: Mapping[str, pa.DataType],
     time_field: str = "event_time",
+    *,
+    parsed: Sequence[dict[str, Any]] | None = None,
 ) -> DecodedBatch:
-    """Parse each record once and build the Arrow columns; undecodable rows go to ``failed``."""
-    parsed: list[dict[str, Any]] = []
-    kept: list[ValidEvent] = []
+    """Parse each record once and build the Arrow columns; undecodable rows go to ``failed``.
+
+    ``parsed``: the events' values already decoded (the fused stage validated them), one
+    per event; then nothing is parsed again.
+    """
     failed: list[tuple[ValidEvent, str]] = []
+    if parsed is not None:
+        if len(parsed) != len(events):
+            raise ValueError(f"{len(parsed)} parsed values for {len(events)} events")
+        return _decoded(list(events), list(parsed), failed, columns, time_field)
+    decoded: list[dict[str, Any]] = []
+    kept: list[ValidEvent] = []
     loads = orjson.loads
     for event in events:
         try:
@@ -96,8 +106,18 @@ def decode_events(
         if not isinstance(obj, dict):
             failed.append((event, "not a JSON object on the valid topic"))
             continue
-        parsed.append(obj)
+        decoded.append(obj)
         kept.append(event)
+    return _decoded(kept, decoded, failed, columns, time_field)
+
+
+def _decoded(
+    kept: list[ValidEvent],
+    parsed: list[dict[str, Any]],
+    failed: list[tuple[ValidEvent, str]],
+    columns: Mapping[str, pa.DataType],
+    time_field: str,
+) -> DecodedBatch:
     while True:
         arrays, bad = _build_columns(parsed, columns, time_field)
         if arrays is not None:

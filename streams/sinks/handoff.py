@@ -127,7 +127,9 @@ class KafkaHandoff:
 
     def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
         self._settings = settings
-        self._producer = producer or make_producer(settings, **{"linger.ms": 2})
+        self._producer = producer or make_producer(
+            settings, **{"linger.ms": 2, "delivery.report.only.error": True}
+        )
         self._dlq = dlq_topic(settings)
         self._valid: dict[str, str] = {}
         self._failures: list[str] = []

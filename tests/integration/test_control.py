@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from confluent_kafka import OFFSET_INVALID, TopicPartition
 
 from streams.agents.batching import BatchAgent
-from streams.agents.control import ControlMessage, control_agent, publish_control
 from streams.errors import DeliveryError
 from streams.kafka import make_admin, make_consumer
+from streams.runtime.control import ControlMessage, control_agent, publish_control
 from streams.settings import Settings
 from streams.topics import CONTROL, apply_topics, topic_name
 from tests.integration.conftest import delete_topics

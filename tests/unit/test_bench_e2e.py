@@ -71,13 +71,15 @@ def test_json_result_has_every_key_the_issue_names() -> None:
     result = E2EResult(
         events=1_000, ceiling_eps=100_000.0, sustained_eps=50_000.0,
         latency_ms={"p50": 900.0, "p99": 1900.0}, decision_ms={"p50": 8.0, "p99": 20.0},
-        inserts_per_s=1.0, startup_s=1.5, peak_rss_mb=800.4,
+        inserts_per_s=1.0, startup_s=1.5, peak_rss_mb=800.4, processes=3,
+        cpu_us_per_event={"score": 61.5, "stages": 12.0},
     )  # fmt: skip
     assert result.to_json() == {
         "events": 1_000, "ceiling_eps": 100_000, "sustained_eps": 50_000, "ratio": 0.5,
         "decision_p50_ms": 8.0, "decision_p99_ms": 20.0,
         "queryable_p50_ms": 900.0, "queryable_p99_ms": 1900.0,
-        "inserts_per_s": 1.0, "startup_s": 1.5, "peak_rss_mb": 800, "processes": 1,
+        "inserts_per_s": 1.0, "startup_s": 1.5, "peak_rss_mb": 800, "processes": 3,
+        "cpu_us_per_event": {"score": 61.5, "stages": 12.0},
     }  # fmt: skip
     assert E2EResult().to_json()["decision_p99_ms"] is None  # not measured: null
 
@@ -99,3 +101,20 @@ def test_median_run_is_the_middle_sustained_rate() -> None:
     runs = [E2EResult(sustained_eps=v) for v in (9.0, 3.0, 7.0, 5.0)]
     assert median_run(runs).sustained_eps == 5.0
     assert median_run(runs[:3]).sustained_eps == 7.0
+
+
+def test_cpu_per_event_counts_only_what_a_process_spent_after_the_first_decision() -> None:
+    import psutil
+
+    from streams.bench.e2e import Usage
+
+    usage = Usage(psutil.Process())
+    sum(range(3_000_000))  # start-up work: before the first decision, not counted
+    usage.sample(started=False)
+    before = usage.cpu_us()
+    sum(range(3_000_000))
+    usage.sample(started=True)
+    spent = usage.cpu_us()
+    assert before == {}  # nothing counted yet
+    assert set(spent) == {"worker"} and spent["worker"] > 10_000  # this process, > 10 ms
+    assert usage.peak_rss > 10 * 2**20

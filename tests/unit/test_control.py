@@ -14,7 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from streams.agents.batching import group_id
-from streams.agents.control import (
+from streams.errors import DeliveryError
+from streams.kafka import consumer_config
+from streams.runtime.control import (
     ControlMessage,
     ControlMessageError,
     control_group,
@@ -24,8 +26,6 @@ from streams.agents.control import (
     models_message,
     publish_control,
 )
-from streams.errors import DeliveryError
-from streams.kafka import consumer_config
 from streams.settings import Settings
 from streams.topics import CONTROL, declared_topics
 
@@ -126,7 +126,7 @@ def test_handler_skips_malformed_messages_with_a_warning(caplog: pytest.LogCaptu
         FakeMessage(_with(kind="features"), 12),
         FakeMessage(encode(second), 13),
     ]
-    with caplog.at_level(logging.INFO, logger="streams.agents.control"):
+    with caplog.at_level(logging.INFO, logger="streams.runtime.control"):
         asyncio.run(control_handler(got.append)(batch))  # type: ignore[arg-type]
     assert got == [MESSAGE, second]  # in offset order, malformed ones left out
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -242,3 +242,19 @@ def test_promote_and_rollback_stand_when_the_broadcast_fails(
         assert "Traceback" not in result.output
     # The warning quotes librdkafka's reason: its own log lines are not repeated on stderr.
     assert not [r for r in caplog.records if r.name == "streams.librdkafka"]
+
+
+def test_a_models_broadcast_makes_the_scoring_stage_reload_before_its_next_batch(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from streams.agents.score import Scoring
+
+    registry = tmp_path / "registry.yaml"
+    registry.write_text("champion: fraud_lightgbm-2\n")
+    state = SimpleNamespace(_registry_mtime=registry.stat().st_mtime, _next_reload=1e12)
+    Scoring.on_control(state, models_message("promote", "fraud_lightgbm-2", [], registry))  # type: ignore[arg-type]
+    # maybe_reload runs at once (no 30 s wait) and sees a registry "changed" since its stamp
+    assert state._next_reload == 0.0
+    assert state._registry_mtime != registry.stat().st_mtime

@@ -29,7 +29,10 @@ def _serving_spec(settings: Settings) -> FeatureServiceSpec:
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("models")
     # No ClickHouse answers there: promote must refuse a new champion without --force.
-    settings = Settings(models_dir=root, providers="cpu", clickhouse_dsn="http://127.0.0.1:9")
+    settings = Settings(
+        models_dir=root, providers="cpu", clickhouse_dsn="http://127.0.0.1:9",
+        kafka_bootstrap="127.0.0.1:9",  # promote/rollback broadcast: never a real broker
+    )  # fmt: skip
     spec = _serving_spec(settings)
     for kind, version in (("lightgbm", "1"), ("lightgbm", "2")):
         train_synthetic(root / "artifacts", kind, spec=spec, version=version, n_estimators=5)

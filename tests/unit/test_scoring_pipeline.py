@@ -80,6 +80,19 @@ def test_decode_keeps_good_rows_in_order_and_returns_the_bad_with_reasons() -> N
     assert decoded.table.column("amount").to_pylist() == [10.0, 14.0, 16.0]
 
 
+def test_decoding_from_already_parsed_values_gives_the_same_batch_without_parsing() -> None:
+    events = [event(0), event(1, amount="a lot"), event(2)]
+    parsed = [orjson.loads(e.value) for e in events]
+    again = decode_events(events, COLUMNS)
+    # Values that are not JSON prove nothing is parsed: the dicts are what is read.
+    blind = [e._replace(value=b"not json") for e in events]
+    given = decode_events(blind, COLUMNS, parsed=parsed)
+    assert given.table.equals(again.table) and given.parsed == again.parsed
+    assert [e.handoff_offset for e, _ in given.failed] == [101]  # a bad field still fails
+    with pytest.raises(ValueError, match="2 parsed values for 3 events"):
+        decode_events(events, COLUMNS, parsed=parsed[:2])
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> ModelSet:
     root: Path = tmp_path_factory.mktemp("models")

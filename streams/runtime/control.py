@@ -84,7 +84,7 @@ __all__ = [
     "register_control_agent",
 ]
 
-log = logging.getLogger("streams.agents.control")
+log = logging.getLogger("streams.runtime.control")
 
 AGENT = "control"
 VERSION = 1  # the message format; a reader skips (with a warning) versions it does not know
