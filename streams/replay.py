@@ -29,16 +29,10 @@ from streams.clickhouse.gateway import ClickHouseGateway
 from streams.errors import ConfigError, KafkaError
 from streams.features.online import OnlineFeatures
 from streams.features.runs import latest_successful_run
-from streams.headers import (
-    DLQ_ERROR_CLASS,
-    DLQ_PREFIX,
-    DLQ_SOURCE_OFFSET,
-    DLQ_SOURCE_PARTITION,
-    DLQ_SOURCE_TIMESTAMP,
-    DLQ_SOURCE_TOPIC,
-)
-from streams.ingest import Limits, RawRecord, ingest_batch
+from streams.headers import DLQ_ERROR_CLASS, DLQ_PREFIX, DLQ_SOURCE
+from streams.ingest import Limits, ingest_batch
 from streams.kafka import make_consumer
+from streams.records import RawRecord, read_source
 from streams.schemas.registry import SchemaRegistry
 from streams.scoring.modelset import ModelSet
 from streams.scoring.pipeline import ValidEvent, decode_events, input_columns, score_events
@@ -315,19 +309,14 @@ def _as_valid_event(record: RawRecord) -> ValidEvent:
 
 def original_record(dead: RawRecord) -> RawRecord:
     """The raw record a dead letter holds: its bytes, headers and raw coordinates."""
-    found: dict[str, str] = {}
-    for key, value in dead.headers:
-        if key in (DLQ_SOURCE_TOPIC, DLQ_SOURCE_PARTITION, DLQ_SOURCE_OFFSET, DLQ_SOURCE_TIMESTAMP):
-            found[key] = (value or b"").decode("utf-8", "replace")
-    try:
-        topic = found[DLQ_SOURCE_TOPIC]
-        partition, offset = int(found[DLQ_SOURCE_PARTITION]), int(found[DLQ_SOURCE_OFFSET])
-    except (KeyError, ValueError):
+    found = read_source(dead.headers, DLQ_SOURCE)  # the one codec: malformed → None
+    if found.source is None:
         raise ConfigError(
             f"dead letter at {dead.topic}[{dead.partition}]@{dead.offset} lacks dlq.source.* "
-            "headers: it was not written by streamscore"
-        ) from None
-    stamp = int(found.get(DLQ_SOURCE_TIMESTAMP) or -1)
+            "headers (or they are malformed): it was not written by streamscore"
+        )
+    topic, partition, offset = found.source
+    stamp = -1 if found.produced_at_ms is None else found.produced_at_ms
     headers = tuple((k, v) for k, v in dead.headers if not k.startswith(DLQ_PREFIX))
     return RawRecord(topic, partition, offset, stamp, dead.key, dead.value, headers)
 

@@ -262,11 +262,5 @@ def _usable(message: Message, agent: str) -> bool:
     return False
 
 
-def timestamp_ms(message: Message) -> int:
-    """The record's Kafka timestamp in ms, -1 when it has none."""
-    kind, value = message.timestamp()
-    return int(value) if kind != 0 else -1
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)

@@ -225,3 +225,6 @@ def test_original_record_restores_coordinates_and_headers_of_a_dead_letter() -> 
     assert original.headers == (("schema-id", b"transaction.v1"),)
     with pytest.raises(ConfigError, match=r"lacks dlq\.source"):
         original_record(RawRecord("dlq", 0, 1, 0, None, b"x", ()))
+    forged = tuple((k, b"-4" if k == "dlq.source.partition" else v) for k, v in dead.headers)
+    with pytest.raises(ConfigError, match="malformed"):  # not replayed to partition -4
+        original_record(dead._replace(headers=forged))
