@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from streams.agents.batching import BatchAgent, now_ms
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.clickhouse.reads import ClickHouseReads, latest_run, live_marks, reads_for
 from streams.errors import DeliveryError
-from streams.features.online import OnlineFeatures
+from streams.features.online import OnlineFeatures, Snapshot
 from streams.features.runs import NightlyRun
 from streams.ingest import DeadLetter, Limits, ingest_batch
 from streams.kafka import make_producer
@@ -181,8 +182,9 @@ class Scoring:
         self.review_topic = topic_name(settings, REVIEW)
         self.scored_topic = scored_topic(settings, event_type)
         self._failures: list[str] = []
-        self._next_reload = time.monotonic() + RELOAD_EVERY_S
         self._registry_mtime = self._registry_stamp()
+        self._reload_lock = threading.Lock()
+        self._pending: tuple[Snapshot | None, ModelSet | None] | None = None
         self.counts = {
             "valid": 0, "dead": 0, "scored": 0, "review": 0, "copies_dropped": 0, "undecodable": 0
         }  # fmt: skip
@@ -237,37 +239,63 @@ class Scoring:
         for headers, value in messages:
             self.send_to(self.scored_topic, 0, value, headers)
 
-    def maybe_reload(self) -> None:
-        """Every 30 s: a newer nightly run swaps features; a changed registry swaps models."""
-        if time.monotonic() < self._next_reload:
-            return
-        self._next_reload = time.monotonic() + RELOAD_EVERY_S
-        try:
-            if self.features.refresh_if_newer():
-                log.info("features now from nightly run %s", self.features.run_id)
-        except Exception as exc:  # keep serving the loaded run
-            # The online store (Redis) or ClickHouse may quote its URL: redacted.
-            run_id = self.features.run_id
-            log.error("feature refresh failed, keeping run %s: %s", run_id, redact(str(exc)))
-        stamp = self._registry_stamp()
-        if stamp != self._registry_mtime:
-            self._registry_mtime = stamp
+    def check_reload(self) -> None:
+        """The reload timer's work (every 30 s, and at once on a control message), in a
+        thread, off the batch path: load a newer nightly run's features or a changed
+        registry's models. The next batch swaps them in (:meth:`apply_reload`), so a batch
+        is scored, recorded and monitored wholly with one run and one model set."""
+        with self._reload_lock:
+            snapshot = None
             try:
-                self.holder.swap(self._load_models)
-                self.record_models()
-            except Exception as exc:  # ModelHolder keeps the old set
-                log.error("model reload failed: %s", exc)
+                snapshot = self.features.fetch_newer()
+            except Exception as exc:  # keep serving the loaded run
+                # The online store (Redis) or ClickHouse may quote its URL: redacted.
+                run_id = self.features.run_id
+                log.error("feature refresh failed, keeping run %s: %s", run_id, redact(str(exc)))
+            models = None
+            stamp = self._registry_stamp()
+            if stamp != self._registry_mtime:
+                self._registry_mtime = stamp
+                try:
+                    models = self._load_models()
+                except Exception as exc:  # keep serving the loaded set
+                    log.error("model reload failed, keeping %s: %s", self._serving(), exc)
+            if snapshot is not None or models is not None:
+                old = self._pending
+                self._pending = (
+                    snapshot or (old[0] if old else None),
+                    models or (old[1] if old else None),
+                )
+
+    def apply_reload(self) -> None:
+        """Swap in what :meth:`check_reload` loaded (in the batch thread, between batches)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        snapshot, models = pending
+        if snapshot is not None:
+            self.features.use(snapshot)
+            log.info("features now from nightly run %s", self.features.run_id)
+        if models is not None:
+            self.holder.swap(lambda: models)
+            self.record_models()
+
+    def _serving(self) -> str:
+        return ", ".join(self.holder.current.model_ids)
 
     def on_control(self, message: ControlMessage) -> None:
-        """A broadcast promotion or rollback: reload the registry before the next batch
-        (on the event loop: it only marks the reload due; ``maybe_reload`` swaps)."""
+        """A broadcast promotion or rollback: check the registry now (on the event loop:
+        the loading runs in a thread, the next batch swaps)."""
         if message.kind == "models":
             log.info(
                 "control: models %s by %s (champion %s): reloading the registry",
                 message.action, message.issued_by, message.champion,
             )  # fmt: skip
-            self._registry_mtime = -1.0  # differs from any stamp: the next batch swaps
-            self._next_reload = 0.0
+            self._registry_mtime = -1.0  # differs from any stamp: the models are reloaded
+            self.reload_soon()
+
+    def reload_soon(self) -> None:
+        asyncio.get_running_loop().run_in_executor(None, self.check_reload)
 
     # -- the batch -------------------------------------------------------------------
     async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
@@ -292,7 +320,7 @@ class Scoring:
     ) -> Prepared:
         """The pure part, run in a thread: decode, features, models, rows, drift, and what
         the sink stage gets (rows and drift deltas, encoded)."""
-        self.maybe_reload()
+        self.apply_reload()
         decoded = decode_events(events, self.columns, parsed=parsed)
         if not decoded.events:
             return Prepared(decoded, None, None, [], None)
@@ -479,5 +507,12 @@ def register_score_agent(
         beacon=app.beacon,
     )
     agent.scoring = state  # type: ignore[attr-defined]
+
+    async def reload() -> None:
+        """Newer nightly features or a changed model registry, loaded off the batch path."""
+        await asyncio.to_thread(state.check_reload)
+
+    app.timer(RELOAD_EVERY_S)(reload)  # a faust timer: the control plane's job
+
     app.add_dependency(agent)
     return agent

@@ -405,10 +405,10 @@ class Usage:
 
 
 def _role(p: psutil.Process, top: bool) -> str:
-    agents = p.environ().get("STREAMSCORE_AGENTS", "")
-    if agents == "score":
-        return "score"
-    return "supervisor" if top and p.children() else "worker" if top else "stages"
+    env = p.environ()
+    if not top:
+        return "score" if env.get("STREAMSCORE_AGENTS") == "score" else "stages"
+    return "supervisor" if env.get("STREAMSCORE_SCORERS") not in (None, "0") else "worker"
 
 
 def _query(settings: Settings, sql: str, topic: str) -> list[Sequence[Any]]:

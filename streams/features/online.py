@@ -44,7 +44,9 @@ class _EntityTable:
 
 
 @dataclass(frozen=True, slots=True)
-class _Snapshot:
+class Snapshot:
+    """One nightly run's entity tables, as loaded: what a batch is served from."""
+
     feature_date: date
     run_id: str
     tables: tuple[_EntityTable, ...]
@@ -69,7 +71,7 @@ class OnlineFeatures:
             settings, feature_service or settings.feature_service
         )
         self._latest_run = latest_run or self._latest_run_from_clickhouse
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: Snapshot | None = None
         self._mean_column = self.entity_feature_names.index(ACCOUNT_MEAN_FEATURE)
 
     @property
@@ -97,22 +99,37 @@ class OnlineFeatures:
 
     def refresh_if_newer(self) -> bool:
         """Swap to the newest successful run if it is not the one loaded; True if swapped."""
+        snapshot = self.fetch_newer()
+        if snapshot is None:
+            return False
+        self.use(snapshot)
+        return True
+
+    def fetch_newer(self) -> Snapshot | None:
+        """The newest successful run's features, loaded, if that run is not the one in
+        use; None otherwise. Nothing is swapped (:meth:`use` does)."""
         run = self._latest_run()
         if run is None or not run.ok:
-            return False
+            return None
         current = self._snapshot
         if current is not None and (current.run_id, current.feature_date) == (
             run.run_id,
             run.nightly_date,
         ):
-            return False
-        self.load(run.nightly_date, run.run_id)
-        return True
+            return None
+        return self._read(run.nightly_date, run.run_id)
+
+    def use(self, snapshot: Snapshot) -> None:
+        """Serve ``snapshot`` from the next lookup on (one reference: atomic)."""
+        self._snapshot = snapshot
 
     def load(self, feature_date: date, run_id: str = "") -> None:
         """Load the features exported for ``feature_date`` and swap them in atomically."""
+        self.use(self._read(feature_date, run_id))
+
+    def _read(self, feature_date: date, run_id: str) -> Snapshot:
         tables = tuple(self._load_view(view, feature_date) for view in self._layout.views)
-        self._snapshot = _Snapshot(feature_date, run_id, tables)
+        return Snapshot(feature_date, run_id, tables)
 
     def lookup(
         self,

@@ -253,8 +253,48 @@ def test_a_models_broadcast_makes_the_scoring_stage_reload_before_its_next_batch
 
     registry = tmp_path / "registry.yaml"
     registry.write_text("champion: fraud_lightgbm-2\n")
-    state = SimpleNamespace(_registry_mtime=registry.stat().st_mtime, _next_reload=1e12)
+    soon: list[bool] = []
+    state = SimpleNamespace(
+        _registry_mtime=registry.stat().st_mtime, reload_soon=lambda: soon.append(True)
+    )
     Scoring.on_control(state, models_message("promote", "fraud_lightgbm-2", [], registry))  # type: ignore[arg-type]
-    # maybe_reload runs at once (no 30 s wait) and sees a registry "changed" since its stamp
-    assert state._next_reload == 0.0
+    # The registry is read again at once (no 30 s wait), as if it had changed since its stamp
+    assert soon == [True]
     assert state._registry_mtime != registry.stat().st_mtime
+
+
+def test_the_reload_timer_loads_off_the_batch_path_and_the_next_batch_swaps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from streams.agents.score import Scoring
+
+    used: list[str] = []
+    swapped: list[str] = []
+    recorded: list[bool] = []
+    features = SimpleNamespace(fetch_newer=lambda: "run-2 tables", use=used.append, run_id="run-1")
+    holder = SimpleNamespace(swap=lambda build: swapped.append(build()))
+
+    def broken_models() -> str:
+        raise ValueError("artifact hash mismatch")
+
+    state = SimpleNamespace(
+        features=features, holder=holder, _reload_lock=threading.Lock(), _pending=None,
+        _registry_mtime=1.0, _registry_stamp=lambda: 2.0, _load_models=lambda: "models v2",
+        record_models=lambda: recorded.append(True), _serving=lambda: "v1",
+    )  # fmt: skip
+    Scoring.check_reload(state)  # type: ignore[arg-type]
+    assert used == [] and swapped == []  # loaded, not yet served: a batch may be running
+    Scoring.apply_reload(state)  # type: ignore[arg-type]
+    assert used == ["run-2 tables"] and swapped == ["models v2"] and recorded == [True]
+    Scoring.apply_reload(state)  # type: ignore[arg-type]
+    assert len(used) == 1  # applied once
+
+    state._registry_stamp, state._load_models = lambda: 3.0, broken_models
+    features.fetch_newer = lambda: None
+    with caplog.at_level(logging.ERROR):
+        Scoring.check_reload(state)  # type: ignore[arg-type]
+    assert "model reload failed, keeping v1: artifact hash mismatch" in caplog.text
+    assert state._pending is None  # nothing to swap: the old set keeps serving
