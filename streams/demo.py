@@ -559,6 +559,8 @@ class DecisionReader(threading.Thread):
         super().__init__(name="demo-decisions", daemon=True)
         self.settings = settings
         self.latencies: list[float] = []
+        self.received = 0
+        self.since_ms = 0.0  # decisions for events produced before this are not timed
         self.ready = threading.Event()
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -578,7 +580,10 @@ class DecisionReader(threading.Thread):
                     received_ms = time.time() * 1000
                     for message in got:
                         if message.error() is None:
-                            self.latencies.extend(_decision_latency(message.value(), received_ms))
+                            self.received += 1
+                            self.latencies.extend(
+                                _decision_latency(message.value(), received_ms, self.since_ms)
+                            )
             finally:
                 consumer.close()
         except BaseException as exc:  # reported by wait_for, on the caller's thread
@@ -588,7 +593,7 @@ class DecisionReader(threading.Thread):
     def wait_for(self, count: int, timeout: float) -> None:
         """Until ``count`` decisions were timed (or ``timeout``), then stop."""
         deadline = time.monotonic() + timeout
-        while len(self.latencies) < count and time.monotonic() < deadline and self.is_alive():
+        while self.received < count and time.monotonic() < deadline and self.is_alive():
             time.sleep(0.1)
         self.done.set()
         self.join(30)
@@ -596,11 +601,16 @@ class DecisionReader(threading.Thread):
             raise InfraError(f"reading the decisions topic failed: {self.error}")
 
 
-def _decision_latency(value: bytes | None, received_ms: float) -> list[float]:
-    """[received - produced] for one decision message, [] when it carries no produce time."""
+def _decision_latency(
+    value: bytes | None, received_ms: float, since_ms: float = 0.0
+) -> list[float]:
+    """[received - produced] for one decision message; [] when it carries no produce time
+    or its event was produced before ``since_ms`` (a warm-up)."""
     body = orjson.loads(value or b"{}")
     produced = body.get("produced_at_ms") if isinstance(body, dict) else None
-    return [received_ms - float(produced)] if isinstance(produced, int | float) else []
+    if not isinstance(produced, int | float) or produced < since_ms:
+        return []
+    return [received_ms - float(produced)]
 
 
 def latency_percentiles(values: list[float]) -> dict[str, float]:

@@ -79,6 +79,7 @@ class E2EResult:
     stages_ms: dict[str, float] = field(default_factory=dict)  # mean per batch
     batch_events: float = 0.0
     latency_rate: float = 0.0  # events/s asked for
+    latency_warmup_s: float = 0.0  # produced at that rate first, not measured
     latency_achieved: float = 0.0
     latency_events: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)  # produce → queryable
@@ -189,7 +190,7 @@ def format_table(result: E2EResult) -> list[str]:
         lines.append(row(f"    mean {stage} per batch", f"{ms:,.1f} ms"))
     lines += [
         row(
-            f"(c) latency at {r.latency_rate:,.0f}/s",
+            f"(c) latency at {r.latency_rate:,.0f}/s, after {r.latency_warmup_s:.0f} s",
             f"{r.latency_events:,} events",
         ),
         row("    achieved produce rate", f"{r.latency_achieved:,.0f}/s"),
@@ -411,12 +412,14 @@ def _role(p: psutil.Process, top: bool) -> str:
     return "supervisor" if env.get("STREAMSCORE_SCORERS") not in (None, "0") else "worker"
 
 
-def _query(settings: Settings, sql: str, topic: str) -> list[Sequence[Any]]:
+def _query(settings: Settings, sql: str, topic: str, since: int = 0) -> list[Sequence[Any]]:
     from streams.clickhouse import connect
 
     client = connect(settings)
     try:
-        parameters = {"t": topic, "db": settings.clickhouse_database}
+        parameters: dict[str, Any] = {"t": topic, "db": settings.clickhouse_database}
+        if "{since:" in sql:
+            parameters["since"] = since
         rows = client.query(sql, parameters=parameters).result_rows
         return list(rows)
     finally:
@@ -464,13 +467,21 @@ def throughput(settings: Settings, events: int, result: E2EResult, log: Path, **
 
 
 def latency(
-    settings: Settings, rate: float, seconds: float, result: E2EResult, log: Path, **env: str
+    settings: Settings,
+    rate: float,
+    seconds: float,
+    result: E2EResult,
+    log: Path,
+    warmup: float = 0.0,
+    **env: str,
 ) -> None:
-    """(c): a fresh worker fed at ``rate``; latencies read from ClickHouse afterwards."""
+    """(c): a fresh worker fed at ``rate`` for ``warmup`` + ``seconds``; latencies of the
+    events produced after the warm-up (the first connections to each topic's leaders, the
+    first batches through ONNX Runtime) from the decisions topic and ClickHouse."""
     from streams.topics import raw_topic
 
     run = _fresh(settings, "latency")
-    count = round(rate * seconds)
+    count = round(rate * (seconds + warmup))
     try:
         accounts = orjson.loads((settings.home / "world.json").read_bytes())["accounts"]
         # generated before the clock runs, on the event clock of the rate asked for
@@ -482,6 +493,7 @@ def latency(
             clock.start()
             if not clock.ready.wait(60):
                 raise RuntimeError("the decisions consumer got no partitions within 60 s")
+            clock.since_ms = time.time() * 1000 + warmup * 1000
             valid, took = produce(run, source, count, rate)
             clock.wait_for(valid, timeout=600)
             time.sleep(3 * run.sink_flush_seconds)  # the last rows reach ClickHouse
@@ -491,11 +503,14 @@ def latency(
         rows = _query(
             settings,
             "select toUnixTimestamp64Milli(inserted_at) - toUnixTimestamp64Milli(produced_at) "
-            "from {db:Identifier}.predictions final where topic = {t:String} and decided",
+            "from {db:Identifier}.predictions final where topic = {t:String} and decided "
+            "and toUnixTimestamp64Milli(produced_at) >= {since:Int64}",
             raw_topic(run),
+            since=int(clock.since_ms),
         )
         values = [float(r[0]) for r in rows]
         result.latency_rate = rate
+        result.latency_warmup_s = warmup
         result.latency_achieved = count / took
         result.latency_events = len(values)
         result.latency_ms = latency_summary(values)
@@ -624,6 +639,12 @@ def _take(source: Iterator[Record], count: int) -> Iterator[Record]:
 @click.option("--events", default=1_000_000, show_default=True, help="Events to pre-load.")
 @click.option("--rate", default=5_000.0, show_default=True, help="Latency run: events/s.")
 @click.option("--seconds", default=30.0, show_default=True, help="Latency run: how long.")
+@click.option(
+    "--warmup",
+    default=2.0,
+    show_default=True,
+    help="Latency run: seconds at the same rate before the measured ones (not measured).",
+)
 @click.option("--accounts", default=20_000, show_default=True, help="World size.")
 @click.option("--fresh-world", is_flag=True, help="Bootstrap again even if a world exists.")
 @click.option("--skip-latency", is_flag=True, help="Only the ceiling and throughput runs.")
@@ -647,6 +668,7 @@ def e2e(
     events: int,
     rate: float,
     seconds: float,
+    warmup: float,
     accounts: int,
     fresh_world: bool,
     skip_latency: bool,
@@ -686,7 +708,7 @@ def e2e(
     throughput(bench, events, result, log, **env)
     if not skip_latency:
         click.echo(f"latency run: {rate:,.0f} events/s for {seconds:.0f}s ...")
-        latency(bench, rate, seconds, result, log, **env)
+        latency(bench, rate, seconds, result, log, warmup, **env)
     click.echo("")
     for line in format_table(result):
         click.echo(line)

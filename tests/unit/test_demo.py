@@ -251,6 +251,7 @@ def test_decision_latency_is_received_minus_the_raw_records_produce_time() -> No
     assert _decision_latency(orjson.dumps({"event_id": "e1"}), 1_012.5) == []
     assert _decision_latency(orjson.dumps([1, 2]), 5.0) == []
     assert _decision_latency(None, 5.0) == []
+    assert _decision_latency(decision, 1_012.5, since_ms=1_001) == []  # a warm-up event
 
 
 def test_latency_percentiles_pick_as_clickhouse_quantile_exact_does() -> None:
