@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streams.clickhouse.client import quote_identifier
 from streams.errors import ConfigError, SinkError, StreamscoreError
-from streams.features.runs import COLUMNS, NightlyRun
+from streams.features.runs import NightlyRun, latest_run_sql, run_from_row
 
 if TYPE_CHECKING:
     from streams.clickhouse.gateway import ClickHouseGateway
@@ -36,7 +35,6 @@ __all__ = [
     "latest_run",
     "live_marks",
     "reads_for",
-    "run_from_row",
 ]
 
 RawPartition = tuple[str, int]
@@ -118,29 +116,8 @@ def reads_for(settings: Settings, gateway: ClickHouseGateway | None) -> ClickHou
 
 def latest_run(reads: ClickHouseReads, feature_service: str) -> NightlyRun | None:
     """The successful run with the newest nightly date (newest finish among reruns)."""
-    rows = reads.rows(
-        f"select {', '.join(COLUMNS)} from {quote_identifier(reads.database)}.feature_runs "  # noqa: S608 - checked identifiers, values bound
-        "where status = 'success' and feature_service = {service:String} "
-        "order by nightly_date desc, finished_at desc limit 1",
-        {"service": feature_service},
-    )
+    rows = reads.rows(latest_run_sql(reads.database), {"service": feature_service})
     return run_from_row(rows[0]) if rows else None
-
-
-def run_from_row(row: Sequence[Any]) -> NightlyRun:
-    """A ``feature_runs`` row as ClickHouse returns it or as ``POST /sql`` prints it."""
-    values = dict(zip(COLUMNS, row, strict=True))
-    return NightlyRun(
-        run_id=str(values["run_id"]),
-        nightly_date=_date(values["nightly_date"]),
-        feature_service=str(values["feature_service"]),
-        status=str(values["status"]),
-        started_at=_datetime(values["started_at"]),
-        finished_at=_datetime(values["finished_at"]),
-        rows={str(k): int(v) for k, v in dict(values["rows"]).items()},
-        durations_s={str(k): float(v) for k, v in dict(values["durations_s"]).items()},
-        error=str(values["error"]),
-    )
 
 
 def live_marks(reads: ClickHouseReads, event_type: str, partition: int) -> dict[RawPartition, int]:
@@ -152,11 +129,3 @@ def live_marks(reads: ClickHouseReads, event_type: str, partition: int) -> dict[
         {"event_type": event_type, "partition": partition},
     )
     return {(str(t), int(p)): int(o) for t, p, o in rows}
-
-
-def _date(value: Any) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
-
-
-def _datetime(value: Any) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))

@@ -108,13 +108,9 @@ class PredictionsSink:
 
     def live_marks(self, event_type: str, partition: int) -> dict[RawPartition, int]:
         """Highest raw offset per raw partition among live rows read from one valid partition."""
-        result = self.gateway.query(
-            f"select topic, partition, max(offset) from {self.gateway.table('predictions')} "  # noqa: S608 - checked identifiers
-            "where run = 'live' and event_type = {event_type:String} "
-            "and handoff_partition = {partition:UInt16} group by topic, partition",
-            {"event_type": event_type, "partition": partition},
-        )
-        return {(str(t), int(p)): int(o) for t, p, o in result.result_rows}
+        from streams.clickhouse.reads import GatewayReads, live_marks
+
+        return live_marks(GatewayReads(self.gateway), event_type, partition)
 
     def existing_sources(
         self, sources: Sequence[Source], model_version: str | None = None

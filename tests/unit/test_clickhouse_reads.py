@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from streams.clickhouse.reads import EndpointReads, latest_run, live_marks, run_from_row
+from streams.clickhouse.reads import EndpointReads, latest_run, live_marks
 from streams.errors import SinkError, StreamscoreError
+from streams.features.runs import run_from_row
 from streams.settings import Settings
 from streams.web.token import issue_token
 
