@@ -300,17 +300,17 @@ class Scoring:
     # -- the batch -------------------------------------------------------------------
     async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
         mine = [p for t, p in partitions if t == self.topic]
-        for partition in mine:
-            marks = await asyncio.to_thread(self._marks, partition) if self.dedup else {}
+        if mine and self.dedup:
+            loaded = await asyncio.to_thread(live_marks, self.reads, self.event_type, mine)
+        else:
+            loaded = {p: {} for p in mine}
+        for partition, marks in loaded.items():
             self.marks.load(partition, marks)
             log.info(
                 "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)
             )
         if self.drift is not None:
             self.drift.assigned(mine)
-
-    def _marks(self, partition: int) -> dict[tuple[str, int], int]:
-        return live_marks(self.reads, self.event_type, partition)
 
     def prepare(
         self,

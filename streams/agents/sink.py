@@ -65,8 +65,11 @@ class PredictionsSinkStage:
         self.counts = {"inserts": 0, "rows": 0, "copies_dropped": 0}
 
     async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
-        for _, partition in (p for p in partitions if p[0] == self.topic):
-            marks = await asyncio.to_thread(self.sink.marks, self.event_type, partition)
+        mine = [p for t, p in partitions if t == self.topic]
+        if not mine:
+            return
+        loaded = await asyncio.to_thread(self.sink.marks, self.event_type, mine)
+        for partition, marks in loaded.items():
             self.marks.load(partition, marks)
             log.info(
                 "%s[%d]: marks loaded for %d raw partitions", self.topic, partition, len(marks)

@@ -120,12 +120,20 @@ def latest_run(reads: ClickHouseReads, feature_service: str) -> NightlyRun | Non
     return run_from_row(rows[0]) if rows else None
 
 
-def live_marks(reads: ClickHouseReads, event_type: str, partition: int) -> dict[RawPartition, int]:
-    """Highest raw offset per raw partition among live rows read from one valid partition."""
+def live_marks(
+    reads: ClickHouseReads, event_type: str, partitions: Sequence[int]
+) -> dict[int, dict[RawPartition, int]]:
+    """Per valid partition in ``partitions`` (each one present): the highest raw offset per
+    raw partition among the live rows read from it. One query for a whole assignment."""
     rows = reads.rows(
-        f"select topic, partition, max(offset) from {quote_identifier(reads.database)}.predictions "  # noqa: S608 - checked identifiers
+        "select handoff_partition, topic, partition, max(offset) "  # noqa: S608 - checked identifiers
+        f"from {quote_identifier(reads.database)}.predictions "
         "where run = 'live' and event_type = {event_type:String} "
-        "and handoff_partition = {partition:UInt16} group by topic, partition",
-        {"event_type": event_type, "partition": partition},
+        "and handoff_partition in {partitions:Array(UInt16)} "
+        "group by handoff_partition, topic, partition",
+        {"event_type": event_type, "partitions": sorted(set(partitions))},
     )
-    return {(str(t), int(p)): int(o) for t, p, o in rows}
+    marks: dict[int, dict[RawPartition, int]] = {int(p): {} for p in partitions}
+    for handoff, topic, partition, offset in rows:
+        marks.setdefault(int(handoff), {})[(str(topic), int(partition))] = int(offset)
+    return marks

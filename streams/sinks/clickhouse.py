@@ -102,15 +102,16 @@ class PredictionsSink:
                 "drift_deltas", deltas, settings=insert_settings(token, self.dedup)
             )
 
-    def marks(self, event_type: str, partition: int) -> dict[RawPartition, int]:
-        """``live_marks``, or none when deduplication is off (the negative control)."""
-        return self.live_marks(event_type, partition) if self.dedup else {}
-
-    def live_marks(self, event_type: str, partition: int) -> dict[RawPartition, int]:
-        """Highest raw offset per raw partition among live rows read from one valid partition."""
+    def marks(
+        self, event_type: str, partitions: Sequence[int]
+    ) -> dict[int, dict[RawPartition, int]]:
+        """``live_marks`` per valid partition, or none when deduplication is off (the
+        negative control)."""
+        if not self.dedup:
+            return {p: {} for p in partitions}
         from streams.clickhouse.reads import GatewayReads, live_marks
 
-        return live_marks(GatewayReads(self.gateway), event_type, partition)
+        return live_marks(GatewayReads(self.gateway), event_type, partitions)
 
     def existing_sources(
         self, sources: Sequence[Source], model_version: str | None = None

@@ -62,17 +62,19 @@ def test_the_live_run_is_read_through_the_holders_endpoint_with_its_token(tmp_pa
 def test_no_run_yet_is_none_and_marks_come_back_as_ints(tmp_path: Path) -> None:
     issue_token(tmp_path)
     assert latest_run(_reads(tmp_path, Endpoint([])), "fraud_v1") is None
-    marks = live_marks(
-        _reads(tmp_path, Endpoint([["raw", 0, 41], ["raw", 1, 7]])), "transaction", 3
-    )
-    assert marks == {("raw", 0): 41, ("raw", 1): 7}
+    endpoint = Endpoint([[3, "raw", 0, 41], [3, "raw", 1, 7], [5, "raw", 2, 9]])
+    marks = live_marks(_reads(tmp_path, endpoint), "transaction", [5, 3, 4])
+    # One query for the whole assignment; a partition with no rows yet has empty marks.
+    assert marks == {3: {("raw", 0): 41, ("raw", 1): 7}, 4: {}, 5: {("raw", 2): 9}}
+    assert len(endpoint.requests) == 1
+    assert endpoint.requests[0][1]["parameters"]["partitions"] == [3, 4, 5]
 
 
 def test_a_holder_that_never_answers_is_a_sink_error_naming_where(tmp_path: Path) -> None:
     issue_token(tmp_path)
     endpoint = Endpoint([], down=10**9)
     with pytest.raises(SinkError, match=r"127\.0\.0\.1:7000/sql within 0 s"):
-        live_marks(_reads(tmp_path, endpoint, wait_s=0.0), "transaction", 0)
+        live_marks(_reads(tmp_path, endpoint, wait_s=0.0), "transaction", [0])
 
 
 def test_a_refusal_is_raised_at_once_and_a_cut_answer_is_never_taken(tmp_path: Path) -> None:
