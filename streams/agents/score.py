@@ -183,7 +183,8 @@ class Scoring:
         self.scored_topic = scored_topic(settings, event_type)
         self._failures: list[str] = []
         self._registry_mtime = self._registry_stamp()
-        self._reload_lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # one reload at a time (held while loading)
+        self._pending_lock = threading.Lock()
         self._pending: tuple[Snapshot | None, ModelSet | None] | None = None
         self.counts = {
             "valid": 0, "dead": 0, "scored": 0, "review": 0, "copies_dropped": 0, "undecodable": 0
@@ -261,15 +262,17 @@ class Scoring:
                 except Exception as exc:  # keep serving the loaded set
                     log.error("model reload failed, keeping %s: %s", self._serving(), exc)
             if snapshot is not None or models is not None:
-                old = self._pending
-                self._pending = (
-                    snapshot or (old[0] if old else None),
-                    models or (old[1] if old else None),
-                )
+                with self._pending_lock:  # held for a moment: the batch thread takes it too
+                    old = self._pending
+                    self._pending = (
+                        snapshot or (old[0] if old else None),
+                        models or (old[1] if old else None),
+                    )
 
     def apply_reload(self) -> None:
         """Swap in what :meth:`check_reload` loaded (in the batch thread, between batches)."""
-        pending, self._pending = self._pending, None
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
         if pending is None:
             return
         snapshot, models = pending

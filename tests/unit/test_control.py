@@ -282,6 +282,7 @@ def test_the_reload_timer_loads_off_the_batch_path_and_the_next_batch_swaps(
 
     state = SimpleNamespace(
         features=features, holder=holder, _reload_lock=threading.Lock(), _pending=None,
+        _pending_lock=threading.Lock(),
         _registry_mtime=1.0, _registry_stamp=lambda: 2.0, _load_models=lambda: "models v2",
         record_models=lambda: recorded.append(True), _serving=lambda: "v1",
     )  # fmt: skip
