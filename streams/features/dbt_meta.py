@@ -2,6 +2,9 @@
 
 Both the Feast repo (``features/feature_views.py``) and the registry read it from here, so
 owner, SLA, drift threshold and default of a feature are declared once, next to its SQL.
+A mart's model-level ``meta`` holds the values most of its columns share; a column
+inherits each of them unless its own ``meta`` overrides it (dbt itself does not inherit
+model ``meta`` into columns: this module is where that rule lives).
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ import yaml
 
 from streams.errors import ConfigError
 
+__all__ = ["MARTS", "REQUIRED_META", "Mart", "MartColumn", "load_marts"]
+
 MARTS = "models/marts"
 REQUIRED_META = ("owner", "sla", "drift_threshold")
+# What a column inherits from its model's meta; feast_entity / feast_ttl_days stay the model's.
+COLUMN_META = (*REQUIRED_META, "default")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +87,19 @@ def _mart(model: dict[str, Any], path: Path) -> Mart | None:
     if not entity:
         return None
     join_key = f"{entity}_id"
+    inherited = {key: meta[key] for key in COLUMN_META if key in meta}
     features: list[MartColumn] = []
     for column in model.get("columns", []):
         name = str(column["name"])
         if name in (join_key, "feature_date"):
             continue
-        column_meta = _meta(column)
+        column_meta = {**inherited, **_meta(column)}
         missing = [key for key in REQUIRED_META if key not in column_meta]
         if missing:
             raise ConfigError(
                 f"{path}: column {model['name']}.{name} lacks meta {', '.join(missing)}; every "
-                "feature column declares owner, sla and drift_threshold"
+                "feature column declares owner, sla and drift_threshold or inherits them from "
+                "the model's meta"
             )
         features.append(
             MartColumn(

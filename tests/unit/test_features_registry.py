@@ -19,9 +19,17 @@ def _dbt_meta(root: Path) -> dict[str, dict[str, object]]:
     for path in sorted((root / "dbt_project" / "models" / "marts").glob("*.yml")):
         for model in yaml.safe_load(path.read_text())["models"]:
             entity = model["config"]["meta"]["feast_entity"]
+            # a feature column inherits the model's owner/sla/drift_threshold/default
+            inherited = {
+                key: value
+                for key, value in model["config"]["meta"].items()
+                if key in ("owner", "sla", "drift_threshold", "default")
+            }
             for column in model["columns"]:
-                if "config" in column:
-                    meta[f"{entity}__{column['name']}"] = column["config"]["meta"]
+                if column["name"] in (f"{entity}_id", "feature_date"):
+                    continue
+                own = column.get("config", {}).get("meta", {})
+                meta[f"{entity}__{column['name']}"] = {**inherited, **own}
     return meta
 
 

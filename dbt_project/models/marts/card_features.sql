@@ -1,29 +1,41 @@
 {{ config(unique_key=['card_id', 'feature_date']) }}
 
-{%- set windows = [1, 7, 30] %}
+{%- set aggregates = [
+    ([1, 7, 30], [
+        'txn_count', 'amount_sum', 'amount_mean', 'amount_std', 'amount_max',
+        'distinct_merchants', 'distinct_countries',
+        'night_ratio', 'foreign_ratio', 'cnp_ratio',
+    ]),
+    ([30], ['distinct_devices']),
+] %}
 
 with
 
 transactions as (
 
+    select card_id, event_time
+    from {{ ref('stg_transactions') }}
+
+),
+
+windowed as (
+
+    -- a card's features look back 30 days, so a card has a row at D only with an event
+    -- in those 30 days
     select
-        event_id,
+        feature_date,
         event_time,
         card_id,
         merchant_id,
         amount,
+        amount_cents,
         merchant_country,
         device_id,
         is_foreign,
         is_night,
         is_card_not_present
-    from {{ ref('stg_transactions') }}
-
-),
-
-feature_dates as (
-
-    {{ feature_dates() }}
+    from {{ ref('int_windowed_transactions') }}
+    where {{ in_window(30) }}
 
 ),
 
@@ -36,38 +48,12 @@ first_seen as (
 
 ),
 
-windowed as (
-
-    -- a card's features look back 30 days, strictly before D
-    select
-        feature_dates.feature_date,
-        transactions.*,
-        {{ amount_cents('transactions.amount') }} as amount_cents
-    from feature_dates
-    inner join transactions
-        on transactions.event_time < feature_dates.feature_date
-        and transactions.event_time >= feature_dates.feature_date - interval '30 days'
-
-),
-
 aggregated as (
 
     select
         card_id,
         feature_date,
-        {%- for w in windows %}
-        count(*) filter (where {{ in_window(w) }}) as txn_count_{{ w }}d,
-        {{ amount_sum(w) }} as amount_sum_{{ w }}d,
-        {{ amount_mean(w) }} as amount_mean_{{ w }}d,
-        {{ amount_std(w) }} as amount_std_{{ w }}d,
-        coalesce(max(amount) filter (where {{ in_window(w) }}), 0) as amount_max_{{ w }}d,
-        count(distinct merchant_id) filter (where {{ in_window(w) }}) as distinct_merchants_{{ w }}d,
-        count(distinct merchant_country) filter (where {{ in_window(w) }}) as distinct_countries_{{ w }}d,
-        coalesce(avg(is_night::double) filter (where {{ in_window(w) }}), 0) as night_ratio_{{ w }}d,
-        coalesce(avg(is_foreign::double) filter (where {{ in_window(w) }}), 0) as foreign_ratio_{{ w }}d,
-        coalesce(avg(is_card_not_present::double) filter (where {{ in_window(w) }}), 0) as cnp_ratio_{{ w }}d,
-        {%- endfor %}
-        count(distinct device_id) as distinct_devices_30d,
+        {{ window_aggregates(aggregates) }},
         max(event_time) as last_seen_at
     from windowed
     group by card_id, feature_date
@@ -79,19 +65,7 @@ final as (
     select
         aggregated.card_id,
         aggregated.feature_date,
-        {%- for w in windows %}
-        aggregated.txn_count_{{ w }}d,
-        aggregated.amount_sum_{{ w }}d,
-        aggregated.amount_mean_{{ w }}d,
-        aggregated.amount_std_{{ w }}d,
-        aggregated.amount_max_{{ w }}d,
-        aggregated.distinct_merchants_{{ w }}d,
-        aggregated.distinct_countries_{{ w }}d,
-        aggregated.night_ratio_{{ w }}d,
-        aggregated.foreign_ratio_{{ w }}d,
-        aggregated.cnp_ratio_{{ w }}d,
-        {%- endfor %}
-        aggregated.distinct_devices_30d,
+        {{ window_aggregates(aggregates, columns_of='aggregated') }},
         {{ days_between('first_seen.first_seen_at', 'aggregated.feature_date') }} as days_since_first_seen,
         {{ days_between('aggregated.last_seen_at', 'aggregated.feature_date') }} as days_since_last_txn,
         coalesce(aggregated.txn_count_1d / nullif(aggregated.txn_count_30d / 30.0, 0), 0)

@@ -1,0 +1,82 @@
+{#-
+  Every transaction paired with each feature date D it can feed: events in [D - 90 days, D),
+  90 days being the longest window of any mart. The marts aggregate these rows, so the
+  boundary that keeps them free of leakage is written once, here.
+-#}
+{%- set lookback_days = 90 %}
+
+with
+
+transactions as (
+
+    select
+        event_id,
+        event_time,
+        event_date,
+        account_id,
+        card_id,
+        merchant_id,
+        amount,
+        merchant_country,
+        device_id,
+        is_foreign,
+        is_night,
+        is_card_not_present,
+        is_ecommerce
+    from {{ ref('stg_transactions') }}
+
+),
+
+labels as (
+
+    select transaction_id, label_time, is_fraud
+    from {{ ref('stg_labels') }}
+
+),
+
+feature_dates as (
+
+    {{ feature_dates() }}
+
+),
+
+fraud_known as (
+
+    -- when a transaction was first known to be fraud
+    select transaction_id, min(label_time) as known_at
+    from labels
+    where is_fraud
+    group by transaction_id
+
+),
+
+final as (
+
+    select
+        feature_dates.feature_date,
+        transactions.event_id,
+        transactions.event_time,
+        transactions.event_date,
+        transactions.account_id,
+        transactions.card_id,
+        transactions.merchant_id,
+        transactions.amount,
+        {{ amount_cents('transactions.amount') }} as amount_cents,
+        transactions.merchant_country,
+        transactions.device_id,
+        transactions.is_foreign,
+        transactions.is_night,
+        transactions.is_card_not_present,
+        transactions.is_ecommerce,
+        -- only labels known before D count: a chargeback filed on D or later is not yet known
+        coalesce(fraud_known.known_at < feature_dates.feature_date, false) as is_known_fraud
+    from feature_dates
+    inner join transactions
+        on transactions.event_time < feature_dates.feature_date
+        and transactions.event_time >= feature_dates.feature_date - interval '{{ lookback_days }} days'
+    left join fraud_known
+        on fraud_known.transaction_id = transactions.event_id
+
+)
+
+select * from final
