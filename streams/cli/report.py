@@ -45,6 +45,7 @@ def report(settings: Settings, since: str, out: Path) -> None:
     worker the queries go through the worker's read-only /sql endpoint.
     """
     from streams.report import collect, render_html
+    from streams.report.labels import span_label
     from streams.report.source import settings_rows
 
     end = datetime.now(UTC)
@@ -52,4 +53,4 @@ def report(settings: Settings, since: str, out: Path) -> None:
     rows = settings_rows(settings, note=lambda message: click.echo(message, err=True))
     data = collect(rows, settings.clickhouse_database, settings.models_dir, start, end)
     out.write_text(render_html(data, generated=end), encoding="utf-8")
-    click.echo(f"wrote {out} ({data.events:,} events, {start:%Y-%m-%d %H:%M} – {end:%H:%M} UTC)")
+    click.echo(f"wrote {out} ({data.events:,} events, {span_label(start, end)})")

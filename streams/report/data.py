@@ -4,6 +4,12 @@ Every query covers live traffic (``run = 'live'``: replays re-score old events, 
 latency means nothing) scored within ``[start, end)``, reads ``predictions FINAL`` so a
 re-delivered event counts once, and uses decided rows (one per event) unless it compares
 models. The champion is the model that decided most events in the window.
+
+A PSI is only a statistic over enough rows: windows under the drift alert rule's minimum
+(``streams.monitoring.drift.ALERT_MIN_ROWS``) keep their row count but no plotted value,
+since a window of 1-3 events reaches a PSI near 10 by sampling alone. Score histograms
+that have no training baseline to bin on use log10 bins fitted to the scores seen: a
+fraud model's scores sit around 1e-6…1e-2, all in the first bin of a uniform 0-1 axis.
 """
 
 from __future__ import annotations
@@ -17,12 +23,37 @@ from typing import Any
 
 from streams.clickhouse.client import quote_identifier
 from streams.errors import ModelError
-from streams.monitoring.drift import SCORE, psi
-from streams.report.source import Rows, table_exists
+from streams.monitoring.drift import ALERT_MIN_ROWS, SCORE, psi
+from streams.report.source import Rows, column_names, table_exists
 from streams.scoring.metadata import ModelMetadata
 
+__all__ = [
+    "ALERT_MIN_ROWS",
+    "DECISIONS",
+    "PSI_ALERT",
+    "PSI_WATCH",
+    "SCORE_FEATURE",
+    "Comparison",
+    "DriftSeries",
+    "HourlyDecisions",
+    "HourlyLatency",
+    "LatencyRow",
+    "ReportData",
+    "ScoreDistribution",
+    "collect",
+    "hours_between",
+    "load_baseline",
+    "log_bins",
+    "proportions",
+    "psi",
+]
+
 DECISIONS = ("approve", "review", "decline")
-UNIFORM_BINS = 20
+# Log10 score bins: the query bins at LOG_STEPS per decade down to 10**LOG_FLOOR (lower
+# scores, zero included, share the lowest bin); log_bins merges them to at most MAX_BINS.
+LOG_STEPS = 4
+LOG_FLOOR = -9
+MAX_BINS = 24
 PERCENTILES = (0.5, 0.9, 0.99)
 TOP_FEATURES = 6
 SCORE_FEATURE = SCORE  # the drift code's pseudo-feature for the score
@@ -36,8 +67,10 @@ _WINDOW = (
 
 @dataclass(frozen=True, slots=True)
 class ScoreDistribution:
-    """Live score proportions of one model on the baseline's bins (``edges`` are the
-    interior cut points: bin 0 is below ``edges[0]``)."""
+    """Live score proportions of one model on the baseline's (quantile) bins, or on log10
+    bins without a baseline (``log_scale``). ``edges`` are the interior cut points: bin 0
+    is below ``edges[0]``. ``psi`` is None without a baseline or under ``ALERT_MIN_ROWS``
+    events."""
 
     model_version: str
     edges: tuple[float, ...]
@@ -46,6 +79,7 @@ class ScoreDistribution:
     events: int
     psi: float | None
     baseline_source: str
+    log_scale: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,22 +116,43 @@ class Comparison:
     events: int
     agreement: float
     confusion: dict[tuple[str, str], int]  # (champion decision, challenger decision) → events
-    champion_hist: tuple[float, ...]  # proportions on UNIFORM_BINS bins of [0, 1]
+    edges: tuple[float, ...]  # log10 bins shared by both (see log_bins)
+    champion_hist: tuple[float, ...]  # proportions on those bins
     challenger_hist: tuple[float, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class DriftSeries:
+    """PSI of one monitored column per closed window. A window without a row for this
+    column has PSI NaN and 0 rows."""
+
     model_version: str
     feature: str
-    windows: tuple[str, ...]
+    windows: tuple[datetime, ...]  # window starts, UTC
+    window_seconds: int
     psi: tuple[float, ...]
+    rows: tuple[int, ...]
     alerts: tuple[bool, ...]
+    min_rows: int = ALERT_MIN_ROWS
+
+    def measured(self, i: int) -> bool:
+        """Whether window ``i`` has enough rows for its PSI to mean anything."""
+        return self.rows[i] >= self.min_rows and math.isfinite(self.psi[i])
+
+    @property
+    def plotted(self) -> tuple[float | None, ...]:
+        """The PSI of each measured window, None for the others."""
+        return tuple(p if self.measured(i) else None for i, p in enumerate(self.psi))
+
+    @property
+    def thin(self) -> tuple[int, ...]:
+        """Indices of the windows with too few events to plot."""
+        return tuple(i for i in range(len(self.windows)) if not self.measured(i))
 
     @property
     def peak(self) -> float:
-        """The highest PSI in the window (windows without a value skipped)."""
-        return max((p for p in self.psi if math.isfinite(p)), default=0.0)
+        """The highest PSI over measured windows (0 when none is)."""
+        return max((p for p in self.plotted if p is not None), default=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +176,7 @@ class ReportData:
     drift_available: bool
     drift: tuple[DriftSeries, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    min_rows: int = ALERT_MIN_ROWS
 
 
 # ---- helpers -------------------------------------------------------------------------
@@ -139,6 +195,32 @@ def hours_between(start: datetime, end: datetime) -> list[str]:
         out.append(f"{hour:%Y-%m-%d %H:00}")
         hour += timedelta(hours=1)
     return out
+
+
+def log_bins(
+    counts: dict[str, dict[int, int]], steps: int = LOG_STEPS, max_bins: int = MAX_BINS
+) -> tuple[tuple[float, ...], dict[str, tuple[int, ...]]]:
+    """Log10 bins covering every model's scores: ``counts`` maps a model to its counts by
+    fine bin ``b`` (scores in ``[10**(b/steps), 10**((b+1)/steps))``, as ``_LOG_BIN``
+    computes them). Returns the interior edges and each model's counts on the merged bins:
+    from the lowest non-empty fine bin to the highest, merged by 2 or 4 (edges stay on
+    quarter, half or whole decades) until at most ``max_bins`` remain."""
+    seen = [b for per in counts.values() for b, n in per.items() if n > 0]
+    if not seen:
+        return (), dict.fromkeys(counts, (0,))
+    lo, hi = min(seen), max(seen)
+    group = 1
+    while group < steps and (hi // group - lo // group + 1) > max_bins:
+        group *= 2
+    first, last = lo // group, hi // group
+    edges = tuple(10 ** (g * group / steps) for g in range(first + 1, last + 1))
+    merged = {}
+    for model, per in counts.items():
+        out = [0] * (last - first + 1)
+        for b, n in per.items():
+            out[min(max(b // group, first), last) - first] += n
+        merged[model] = tuple(out)
+    return edges, merged
 
 
 def load_baseline(
@@ -170,8 +252,10 @@ def collect(
     models_dir: Path,
     start: datetime,
     end: datetime,
+    min_rows: int = ALERT_MIN_ROWS,
 ) -> ReportData:
-    """Run every report query for ``[start, end)`` and shape the results."""
+    """Run every report query for ``[start, end)`` and shape the results. A PSI over
+    fewer than ``min_rows`` events (the drift alert rule's minimum) is not shown."""
     db = quote_identifier(database)
     window = {"start_ms": int(start.timestamp() * 1000), "end_ms": int(end.timestamp() * 1000)}
     notes: list[str] = []
@@ -199,11 +283,11 @@ def collect(
     drift_available = table_exists(rows, database, "drift_stats")
     scores = None
     if champion is not None:
-        scores = _score_distribution(rows, db, models_dir, champion, window)
+        scores = _score_distribution(rows, db, models_dir, champion, window, min_rows)
         if scores.baseline is None:
             notes.append(
                 f"no training score baseline for {champion} in {models_dir}/artifacts: "
-                "its live distribution is shown on uniform bins"
+                "its live distribution is shown on log10 bins"
             )
 
     return ReportData(
@@ -222,13 +306,42 @@ def collect(
         latency_hourly=_latency_hourly(rows, db, window, start, end),
         comparisons=_comparisons(rows, db, window),
         drift_available=drift_available,
-        drift=_drift(rows, db, window, champion) if drift_available else (),
+        drift=_drift(rows, database, window, champion, min_rows) if drift_available else (),
         notes=tuple(notes),
+        min_rows=min_rows,
     )
 
 
+# A score's fine log10 bin (see log_bins): zero and scores below 10**LOG_FLOOR share the
+# lowest, a score of 1 (or above) is in the highest, [10**(-1/LOG_STEPS), 1].
+_LOG_BIN = f"least(toInt32(floor(log10(greatest(score, {10.0**LOG_FLOOR!r})) * {LOG_STEPS})), -1)"
+
+
+def _log_counts(
+    rows: Rows, db: str, window: dict[str, Any], model: str | None = None
+) -> dict[str, dict[int, int]]:
+    """Each model's score counts by fine log10 bin (``model`` alone when given)."""
+    only = "and model_version = {v:String} " if model is not None else ""
+    found = rows(
+        f"select toString(model_version) as model_version, {_LOG_BIN} as bin, count() as n "  # noqa: S608 - checked identifier, constant expressions
+        f"from {db}.predictions final where not isNaN(score) {only}and {_WINDOW} "
+        "group by model_version, bin",
+        {**window, **({"v": model} if model is not None else {})},
+    )
+    out: dict[str, dict[int, int]] = {}
+    for row in found:
+        per = out.setdefault(str(row["model_version"]), {})
+        per[int(row["bin"])] = per.get(int(row["bin"]), 0) + int(row["n"])
+    return out
+
+
 def _score_distribution(
-    rows: Rows, db: str, models_dir: Path, champion: str, window: dict[str, Any]
+    rows: Rows,
+    db: str,
+    models_dir: Path,
+    champion: str,
+    window: dict[str, Any],
+    min_rows: int,
 ) -> ScoreDistribution:
     cards = rows(
         f"select card_path from {db}.models final where model_version = {{v:String}}",  # noqa: S608 - checked identifier
@@ -236,32 +349,33 @@ def _score_distribution(
     )
     found = load_baseline(models_dir, champion, str(cards[0]["card_path"]) if cards else None)
     if found is None:
-        edges = tuple(i / UNIFORM_BINS for i in range(1, UNIFORM_BINS))
+        edges, merged = log_bins({champion: {}, **_log_counts(rows, db, window, champion)})
+        counts = list(merged[champion])
         baseline, source = None, ""
     else:
         edges, baseline, source = found
-    binned = rows(
-        "select arrayCount(e -> e <= score, {edges:Array(Float64)}) as bin, count() as n "  # noqa: S608 - checked identifier
-        f"from {db}.predictions final where model_version = {{v:String}} "
-        f"and not isNaN(score) and {_WINDOW} group by bin",
-        {**window, "edges": list(edges), "v": champion},
-    )
-    counts = [0] * (len(edges) + 1)
-    for row in binned:
-        counts[int(row["bin"])] += int(row["n"])
-    live = proportions(counts)
+        binned = rows(
+            "select arrayCount(e -> e <= score, {edges:Array(Float64)}) as bin, count() as n "  # noqa: S608 - checked identifier
+            f"from {db}.predictions final where model_version = {{v:String}} "
+            f"and not isNaN(score) and {_WINDOW} group by bin",
+            {**window, "edges": list(edges), "v": champion},
+        )
+        counts = [0] * (len(edges) + 1)
+        for row in binned:
+            counts[int(row["bin"])] += int(row["n"])
     events = sum(counts)
     return ScoreDistribution(
         model_version=champion,
         edges=edges,
-        live=live,
+        live=proportions(counts),
         baseline=baseline,
         events=events,
         # The drift code's PSI (streams.monitoring.drift.psi, as drift_stats computes it),
         # on the same bins: the champion's score baseline, a value in the bin of the
-        # edges at or below it.
-        psi=psi(counts, baseline) if baseline is not None and events > 0 else None,
+        # edges at or below it. Under min_rows it would be sampling noise.
+        psi=psi(counts, baseline) if baseline is not None and events >= min_rows else None,
         baseline_source=source,
+        log_scale=baseline is None,
     )
 
 
@@ -355,28 +469,18 @@ def _comparisons(rows: Rows, db: str, window: dict[str, Any]) -> tuple[Compariso
     )
     if not pairs:
         return ()
-    hist_rows = rows(
-        "select toString(model_version) as model_version, "  # noqa: S608 - checked identifier
-        f"least(greatest(toInt32(floor(score * {UNIFORM_BINS})), 0), {UNIFORM_BINS - 1}) as bin, "
-        f"count() as n from {db}.predictions final where not isNaN(score) and {_WINDOW} "
-        "group by model_version, bin",
-        window,
-    )
-    hists: dict[str, list[int]] = {}
-    for row in hist_rows:
-        hists.setdefault(str(row["model_version"]), [0] * UNIFORM_BINS)[int(row["bin"])] += int(
-            row["n"]
-        )
+    fine = _log_counts(rows, db, window)
     grouped: dict[tuple[str, str, str], dict[tuple[str, str], int]] = {}
     for row in pairs:
         key = (str(row["champion"]), str(row["challenger"]), str(row["role"]))
         cell = (str(row["champion_decision"]), str(row["challenger_decision"]))
         grouped.setdefault(key, {})[cell] = int(row["n"])
     out = []
-    empty = [0] * UNIFORM_BINS
     for (champion, challenger, role), confusion in sorted(grouped.items()):
         events = sum(confusion.values())
         agree = sum(n for (a, b), n in confusion.items() if a == b)
+        # Bins fitted to this pair's scores, the same for both histograms.
+        edges, hists = log_bins({m: fine.get(m, {}) for m in (champion, challenger)})
         out.append(
             Comparison(
                 champion=champion,
@@ -385,44 +489,65 @@ def _comparisons(rows: Rows, db: str, window: dict[str, Any]) -> tuple[Compariso
                 events=events,
                 agreement=agree / events if events else 0.0,
                 confusion=confusion,
-                champion_hist=proportions(hists.get(champion, empty)),
-                challenger_hist=proportions(hists.get(challenger, empty)),
+                edges=edges,
+                champion_hist=proportions(hists[champion]),
+                challenger_hist=proportions(hists[challenger]),
             )
         )
     return tuple(out)
 
 
 def _drift(
-    rows: Rows, db: str, window: dict[str, Any], champion: str | None
+    rows: Rows,
+    database: str,
+    window: dict[str, Any],
+    champion: str | None,
+    min_rows: int,
 ) -> tuple[DriftSeries, ...]:
+    db = quote_identifier(database)
+    # Since migration 0008 ``alert`` is either rule (PSI or missing share) and
+    # ``psi_alert`` the PSI rule alone: a PSI chart marks the PSI rule's alerts.
+    alert = "psi_alert" if "psi_alert" in column_names(rows, database, "drift_stats") else "alert"
     found = rows(
-        "select formatDateTime(window_start, '%Y-%m-%d %H:%i', 'UTC') as window, "  # noqa: S608 - checked identifier
+        "select toInt64(toUnixTimestamp(window_start)) as window_s, "  # noqa: S608 - checked identifier
+        "toUInt32(window_seconds) as window_seconds, "
         "toString(model_version) as model_version, toString(feature) as feature, "
-        "toFloat64(psi) as psi, toUInt8(alert) as alert "
+        f"toFloat64(psi) as psi, toUInt64(rows) as rows, toUInt8({alert}) as alert "
         f"from {db}.drift_stats "
         "where toUnixTimestamp(window_start) * 1000 >= {start_ms:Int64} "
         "and toUnixTimestamp(window_start) * 1000 < {end_ms:Int64} "
         "order by window_start",
         window,
     )
-    windows = sorted({str(r["window"]) for r in found})
-    index = {w: i for i, w in enumerate(windows)}
-    cells: dict[tuple[str, str], dict[int, tuple[float, bool]]] = {}
+    starts = sorted({int(r["window_s"]) for r in found})
+    index = {w: i for i, w in enumerate(starts)}
+    windows = tuple(datetime.fromtimestamp(w, UTC) for w in starts)
+    cells: dict[tuple[str, str], dict[int, tuple[float, int, bool]]] = {}
+    seconds: dict[tuple[str, str], int] = {}
     for r in found:
-        cells.setdefault((str(r["model_version"]), str(r["feature"])), {})[
-            index[str(r["window"])]
-        ] = (float(r["psi"]), bool(r["alert"]))
+        key = (str(r["model_version"]), str(r["feature"]))
+        cells.setdefault(key, {})[index[int(r["window_s"])]] = (
+            float(r["psi"]),
+            int(r["rows"]),
+            bool(r["alert"]),
+        )
+        seconds[key] = max(seconds.get(key, 0), int(r["window_seconds"]))
     series = []
-    for (version, feature), values in cells.items():
+    for key, values in cells.items():
+        cell = [values.get(i, (math.nan, 0, False)) for i in range(len(windows))]
         series.append(
             DriftSeries(
-                model_version=version,
-                feature=feature,
-                windows=tuple(windows),
-                psi=tuple(values[i][0] if i in values else math.nan for i in range(len(windows))),
-                alerts=tuple(values[i][1] if i in values else False for i in range(len(windows))),
+                model_version=key[0],
+                feature=key[1],
+                windows=windows,
+                window_seconds=seconds[key],
+                psi=tuple(c[0] for c in cell),
+                rows=tuple(c[1] for c in cell),
+                alerts=tuple(c[2] for c in cell),
+                min_rows=min_rows,
             )
         )
-    # The champion's features first; within a model the most drifted first.
+    # The champion's features first; within a model the most drifted first (on measured
+    # windows: a 2-event window's PSI of 9 does not make a column the most drifted).
     series.sort(key=lambda s: (s.model_version != champion, -s.peak))
     return tuple(series[:TOP_FEATURES])

@@ -3,12 +3,19 @@
 The template lives here as a string so the page renders from an installed wheel too
 (package data would need a packaging change). Jinja2 autoescapes every value; only the
 SVG strings built by ``streams.report.svg`` (which escape their own labels) go in raw.
+
+What an analyst reads must not mislead: score axes are labelled in plain percentages
+(``streams.report.labels``), never ``4e-07``; every time span carries both dates; a model
+id never breaks across lines (``.id``: one line, an ellipsis and its tooltip when it is
+wider than its box); drift charts leave out windows under the alert rule's minimum rows.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import PurePath
 from typing import Any
 
 from jinja2 import Environment
@@ -19,9 +26,10 @@ from streams.report.data import (
     PSI_ALERT,
     PSI_WATCH,
     SCORE_FEATURE,
-    UNIFORM_BINS,
+    DriftSeries,
     ReportData,
 )
+from streams.report.labels import format_score, is_decade, span_label, time_label
 from streams.report.svg import Series, Threshold, bar_chart, line_chart
 
 __all__ = ["render_html"]
@@ -42,7 +50,7 @@ TEMPLATE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<title>streamscore report {{ start }} – {{ end }}</title>
+<title>streamscore report {{ span }}</title>
 <style>
   body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #111827;
          background: #f9fafb; margin: 0; }
@@ -53,8 +61,14 @@ TEMPLATE = """<!doctype html>
   .sub { color: #6b7280; margin: 0 0 16px; }
   .kpis { display: flex; gap: 12px; flex-wrap: wrap; }
   .kpi { background: #fff; border: 1px solid #e5e7eb; border-radius: 8px; padding: 10px 14px;
-         flex: 1 1 0; min-width: 0; overflow-wrap: anywhere; }
+         flex: 1 1 0; min-width: 0; }
   .kpi b { display: block; font-size: 18px; }
+  /* An identifier never breaks inside itself (fraud_lightgbm-1 is not "fraud_lightg" +
+     "bm-1"): the champion's box grows to fit it, moves to its own row when the row is
+     full, and only an id wider than the page is cut, with an ellipsis and a tooltip. */
+  .id { white-space: nowrap; overflow-wrap: normal; word-break: keep-all; }
+  .kpi.wide { flex: 1 0 auto; max-width: 100%; box-sizing: border-box; }
+  .kpi b.id { overflow: hidden; text-overflow: ellipsis; }
   .kpi span { color: #6b7280; font-size: 12px; }
   .card { background: #fff; border: 1px solid #e5e7eb; border-radius: 8px; padding: 12px;
           margin: 8px 0; }
@@ -71,28 +85,34 @@ TEMPLATE = """<!doctype html>
 </head>
 <body><main>
 <h1>streamscore: scoring report</h1>
-<p class="sub">Live traffic scored {{ start }} – {{ end }} UTC · database {{ data.database }}
- · generated {{ generated }} UTC</p>
+<p class="sub">Live traffic scored <span class="id span">{{ span }}</span>
+ · database <span class="id">{{ data.database }}</span> · generated {{ generated }} UTC</p>
 
 <div class="kpis">
   <div class="kpi"><b>{{ "{:,}".format(data.events) }}</b><span>events decided</span></div>
   <div class="kpi"><b>{{ pct(data.declines, data.events) }}</b><span>declined</span></div>
   <div class="kpi"><b>{{ pct(data.reviews, data.events) }}</b><span>sent to review</span></div>
   <div class="kpi"><b>{{ "{:,}".format(data.dead_letters) }}</b><span>dead letters</span></div>
-  <div class="kpi"><b>{{ data.champion or "—" }}</b><span>champion</span></div>
+  <div class="kpi wide"><b class="id champion" title="{{ data.champion or '' }}">
+{{- data.champion or "—" }}</b><span>champion</span></div>
 </div>
 {% for note in data.notes %}<p class="note">{{ note }}</p>{% endfor %}
 
 <h2>Score distribution vs training baseline</h2>
 {% if data.scores %}
-<p>Champion <b>{{ data.scores.model_version }}</b>, {{ "{:,}".format(data.scores.events) }} scored
-events on {{ data.scores.live|length }} bins
+<p>Champion <b class="id">{{ data.scores.model_version }}</b>,
+{{ "{:,}".format(data.scores.events) }} scored events on {{ data.scores.live|length }} bins
 {%- if data.scores.baseline %} of its training baseline
-({{ data.scores.baseline_source }}). PSI against the baseline:
-<b class="{{ 'alert' if data.scores.psi is not none and data.scores.psi >= psi_alert else '' }}">
-{{ "%.3f"|format(data.scores.psi) if data.scores.psi is not none else "—" }}</b>
-(below {{ psi_watch }} stable, above {{ psi_alert }} shifted){% else %}
-(no training baseline found){% endif %}.</p>
+(<span class="id" title="{{ data.scores.baseline_source }}">
+{{- basename(data.scores.baseline_source) }}</span>), equal-width bars labelled with
+their score edges. PSI against the baseline:
+{% if data.scores.psi is not none %}
+<b class="{{ 'alert' if data.scores.psi >= psi_alert else '' }}">
+{{ "%.3f"|format(data.scores.psi) }}</b>
+(below {{ psi_watch }} stable, above {{ psi_alert }} shifted)
+{%- else %}<b>—</b> (too few events: under {{ data.min_rows }} a PSI is sampling noise)
+{%- endif %}
+{%- else %} of log10 score (no training baseline found){% endif %}.</p>
 <div class="card">{{ charts.scores }}</div>
 {% else %}<p class="empty">No champion scored anything in this window.</p>{% endif %}
 
@@ -115,9 +135,10 @@ events on {{ data.scores.live|length }} bins
 
 <h2>Champion vs challengers</h2>
 {% for c in data.comparisons %}
-<h3>{{ c.challenger }} ({{ c.role }}) vs {{ c.champion }}</h3>
+<h3><span class="id">{{ c.challenger }}</span> ({{ c.role }}) vs
+<span class="id">{{ c.champion }}</span></h3>
 <p>{{ "{:,}".format(c.events) }} events scored by both; the decisions agree on
-<b>{{ "%.1f"|format(c.agreement * 100) }}%</b>.</p>
+<b>{{ "%.1f"|format(c.agreement * 100) }}%</b>. Scores on log10 bins.</p>
 <div class="card">{{ charts.comparisons[loop.index0] }}</div>
 <table>
 <tr><th>champion ↓ / challenger →</th>
@@ -136,10 +157,14 @@ events on {{ data.scores.live|length }} bins
 {% elif not data.drift %}<p class="empty">No drift statistics yet in this window.</p>
 {% else %}
 <p>Population stability index per closed window, the {{ data.drift|length }} most drifted
-monitored columns; dashed lines at {{ psi_watch }} and {{ psi_alert }}, red dots are alerts.</p>
+monitored columns; dashed lines at {{ psi_watch }} and {{ psi_alert }}, red dots are alerts.
+Windows with fewer than {{ data.min_rows }} events (the alert rule's minimum) are shaded grey
+and not plotted: over a handful of events PSI is sampling noise.</p>
 {% for s in data.drift %}
-<h3>{{ feature_name(s.feature) }}
-<span class="sub">({{ s.model_version }}, peak {{ "%.3f"|format(s.peak) }})</span></h3>
+<h3><span class="id">{{ feature_name(s.feature) }}</span>
+<span class="sub">(<span class="id">{{ s.model_version }}</span>, peak
+{{ "%.3f"|format(s.peak) }} over {{ s.windows|length - s.thin|length }} windows
+{%- if s.thin %}, {{ s.thin|length }} with too few events{% endif %})</span></h3>
 <div class="card">{{ charts.drift[loop.index0] }}</div>
 {% endfor %}
 {% endif %}
@@ -166,18 +191,51 @@ def _feature_name(feature: str) -> str:
     return "score" if feature == SCORE_FEATURE else feature
 
 
-def _edge_labels(edges: tuple[float, ...]) -> list[str]:
-    """One label per bin: its lower edge (the first bin is everything below edges[0])."""
-    return [f"<{edges[0]:.2g}", *(f"{e:.2g}" for e in edges)] if edges else ["all"]
+def bin_names(edges: tuple[float, ...]) -> list[str]:
+    """One name per bin for its tooltip: its score range (the first bin is everything
+    below ``edges[0]``, the last everything from ``edges[-1]``)."""
+    if not edges:
+        return ["every score"]
+    cuts = [format_score(e) for e in edges]
+    return [
+        f"below {cuts[0]}",
+        *(f"{a} – {b}" for a, b in pairwise(cuts)),
+        f"{cuts[-1]} and above",
+    ]
 
 
-def _hour_labels(hours: tuple[str, ...]) -> list[str]:
-    """``HH:00``, with the date where the day changes."""
+def boundary_labels(edges: tuple[float, ...], log_scale: bool) -> list[str]:
+    """Axis labels at the bin boundaries, outer ones included: every edge of quantile
+    bins (between 0% and 100%), only the powers of ten of log bins (1e-6 → ``0.0001%``),
+    whose outer bins are as wide as their neighbours."""
+    if not edges:
+        return ["", ""]
+    if not log_scale:
+        return ["0%", *(format_score(e) for e in edges), "100%"]
+    ratio = edges[1] / edges[0] if len(edges) > 1 else 10.0
+    ends = [edges[0] / ratio, *edges, edges[-1] * ratio]
+    return [format_score(e) if is_decade(e) else "" for e in ends]
+
+
+def hour_labels(hours: tuple[str, ...]) -> list[str]:
+    """``HH:00``, with the full date on the first hour and where the day changes."""
     out, day = [], ""
     for h in hours:
         d, t = h.split(" ")
-        out.append(f"{d[5:]} {t}" if d != day else t)
+        out.append(h if d != day else t)
         day = d
+    return out
+
+
+def drift_tips(d: DriftSeries) -> list[str]:
+    """A tooltip per window: its span with dates, its events and PSI (or why there is none)."""
+    out = []
+    for i, start in enumerate(d.windows):
+        span = span_label(start, start + timedelta(seconds=d.window_seconds))
+        if d.measured(i):
+            out.append(f"{span}: PSI {d.psi[i]:.3f} over {d.rows[i]:,} events")
+        else:
+            out.append(f"{span}: {d.rows[i]:,} events, too few for a PSI (< {d.min_rows:,})")
     return out
 
 
@@ -187,7 +245,7 @@ def charts(data: ReportData) -> dict[str, Any]:
     if data.scores is not None:
         s = data.scores
         out["scores"] = bar_chart(
-            _edge_labels(s.edges),
+            bin_names(s.edges),
             [Series(f"live ({s.model_version})", s.live, COLORS["live"])],
             outline=Series("training baseline", s.baseline, COLORS["baseline"])
             if s.baseline
@@ -195,8 +253,10 @@ def charts(data: ReportData) -> dict[str, Any]:
             title="Score distribution vs training baseline",
             percent=True,
             y_label="share of events",
+            boundaries=boundary_labels(s.edges, s.log_scale),
+            x_label="score, log10 bins" if s.log_scale else "score, training baseline bins",
         )
-    hours = _hour_labels(data.decisions.hours)
+    hours = hour_labels(data.decisions.hours)
     out["decisions"] = bar_chart(
         hours,
         [Series(d, data.decisions.counts[d], COLORS[d]) for d in DECISIONS],
@@ -205,7 +265,7 @@ def charts(data: ReportData) -> dict[str, Any]:
         y_label="events",
     )
     out["latency"] = line_chart(
-        _hour_labels(data.latency_hourly.hours),
+        hour_labels(data.latency_hourly.hours),
         [
             Series("end to end p50", data.latency_hourly.p50, COLORS["p50"]),
             Series("end to end p99", data.latency_hourly.p99, COLORS["p99"]),
@@ -213,11 +273,10 @@ def charts(data: ReportData) -> dict[str, Any]:
         title="End-to-end latency per hour (ms)",
         y_label="ms",
     )
-    uniform = [f"{i / UNIFORM_BINS:.2f}" for i in range(UNIFORM_BINS)]
     for c in data.comparisons:
         out["comparisons"].append(
             bar_chart(
-                uniform,
+                bin_names(c.edges),
                 [
                     Series(f"champion {c.champion}", c.champion_hist, COLORS["champion"]),
                     Series(f"{c.role} {c.challenger}", c.challenger_hist, COLORS["challenger"]),
@@ -225,22 +284,33 @@ def charts(data: ReportData) -> dict[str, Any]:
                 title=f"Scores: {c.champion} vs {c.challenger}",
                 percent=True,
                 y_label="share of events",
-                height=220,
+                height=240,
+                boundaries=boundary_labels(c.edges, log_scale=True),
+                x_label="score, log10 bins",
             )
         )
     for d in data.drift:
-        marks = [(i, p) for i, (p, a) in enumerate(zip(d.psi, d.alerts, strict=True)) if a]
+        plotted = d.plotted
+        marks = [
+            (i, p)
+            for i, (p, a) in enumerate(zip(plotted, d.alerts, strict=True))
+            if a and p is not None
+        ]
+        thin = d.thin
         out["drift"].append(
             line_chart(
-                list(d.windows),
-                [Series("PSI", [p if math.isfinite(p) else None for p in d.psi], COLORS["live"])],
+                [time_label(w) for w in d.windows],
+                [Series("PSI", plotted, COLORS["live"])],
                 title=f"PSI of {_feature_name(d.feature)} ({d.model_version})",
                 thresholds=[
                     Threshold(PSI_WATCH, f"{PSI_WATCH} watch", "#d97706"),
                     Threshold(PSI_ALERT, f"{PSI_ALERT} alert", "#b91c1c"),
                 ],
                 marks=marks,
-                height=180,
+                height=200,
+                gaps=thin,
+                gap_label=f"{len(thin)} windows with < {d.min_rows} events" if thin else "",
+                tips=drift_tips(d),
             )
         )
     return out
@@ -258,8 +328,7 @@ def render_html(data: ReportData, generated: datetime | None = None) -> str:
     return template.render(
         data=data,
         charts=safe,
-        start=f"{data.start.astimezone(UTC):%Y-%m-%d %H:%M}",
-        end=f"{data.end.astimezone(UTC):%Y-%m-%d %H:%M}",
+        span=span_label(data.start, data.end),
         generated=f"{(generated or datetime.now(UTC)).astimezone(UTC):%Y-%m-%d %H:%M}",
         decisions=DECISIONS,
         psi_watch=PSI_WATCH,
@@ -267,4 +336,5 @@ def render_html(data: ReportData, generated: datetime | None = None) -> str:
         pct=_pct,
         ms=_ms,
         feature_name=_feature_name,
+        basename=lambda path: PurePath(path).name,
     )

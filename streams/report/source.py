@@ -47,6 +47,15 @@ def table_exists(rows: Rows, database: str, name: str) -> bool:
     return bool(found) and int(found[0]["n"]) > 0
 
 
+def column_names(rows: Rows, database: str, name: str) -> set[str]:
+    """The columns of table or view ``database.name`` (empty when it does not exist)."""
+    found = rows(
+        "select name from system.columns where database = {db:String} and table = {name:String}",
+        {"db": database, "name": name},
+    )
+    return {str(r["name"]) for r in found}
+
+
 def readonly_rows(sql: ReadOnlySQL) -> Rows:
     """A :data:`Rows` on the read-only query path (what the worker's /sql runs)."""
 

@@ -2,6 +2,8 @@
 
 No plotting library: a report is a handful of bar and line charts, and an SVG string
 keeps the HTML self-contained (no scripts, no external URLs). Every label is escaped.
+Marks carry classes (``bar``, ``point``, ``gap``, ``x-label``, ``y-label``) and data
+attributes so a test can read the chart back from the rendered page.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
+from itertools import pairwise
 
-__all__ = ["Series", "Threshold", "bar_chart", "line_chart", "nice_ticks"]
+__all__ = ["Series", "Threshold", "bar_chart", "line_chart", "nice_ticks", "thin_labels"]
 
 FONT = "font-family='system-ui, -apple-system, Segoe UI, sans-serif' font-size='11'"
 AXIS = "#6b7280"
 GRID = "#e5e7eb"
+GAP = "#e5e7eb"  # windows left out of a line chart (too few events)
+CHAR_PX = 6.5  # about the width of one 11 px character
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +106,8 @@ def _y_axis(frame: _Frame, ticks: Sequence[float], percent: bool, label: str) ->
             f"y2='{y:.1f}' stroke='{GRID}'/>"
         )
         out.append(
-            f"<text x='{frame.left - 6}' y='{y + 4:.1f}' text-anchor='end' fill='{AXIS}'>"
-            f"{escape(_fmt(t, percent))}</text>"
+            f"<text class='y-label' x='{frame.left - 6}' y='{y + 4:.1f}' text-anchor='end' "
+            f"fill='{AXIS}'>{escape(_fmt(t, percent))}</text>"
         )
     if label:
         out.append(
@@ -113,22 +118,53 @@ def _y_axis(frame: _Frame, ticks: Sequence[float], percent: bool, label: str) ->
     return out
 
 
-def _x_labels(frame: _Frame, labels: Sequence[str], centers: Sequence[float]) -> list[str]:
-    # Thin the labels so they never overlap: about 7 px per character.
-    longest = max((len(label) for label in labels), default=1)
-    room = frame.plot_w / max(len(labels), 1)
-    every = max(1, math.ceil(longest * 6.5 / max(room, 1)))
+def thin_labels(labels: Sequence[str], xs: Sequence[float], pad: float = 10.0) -> list[int]:
+    """Indices of the labels to draw so that none overlaps another (centred text, about
+    ``CHAR_PX`` per character); empty labels are never drawn.
+
+    Labels longer than the shortest (a full date where the day changes, among ``HH:00``)
+    are placed first; then every k-th label, k the smallest step at which the shortest
+    labels do not touch, wherever it fits: regular ticks that never hide a date.
+    """
+    present = [i for i, label in enumerate(labels) if label]
+    if not present:
+        return []
+    short = min(len(labels[i]) for i in present)
+    step = min((xs[b] - xs[a] for a, b in pairwise(present)), default=math.inf)
+    every = max(1, math.ceil((short * CHAR_PX + pad) / step)) if step > 0 else 1
+    first = [i for i in present if len(labels[i]) > short]
+    then = [i for k, i in enumerate(present) if len(labels[i]) == short and k % every == 0]
+    kept: list[tuple[float, float]] = []
+    out = []
+    for i in [*first, *then]:
+        half = len(labels[i]) * CHAR_PX / 2
+        lo, hi = xs[i] - half - pad / 2, xs[i] + half + pad / 2
+        if all(hi <= a or lo >= b for a, b in kept):
+            kept.append((lo, hi))
+            out.append(i)
+    return sorted(out)
+
+
+def _x_labels(
+    frame: _Frame, labels: Sequence[str], xs: Sequence[float], title: str = ""
+) -> list[str]:
     base = frame.height - frame.bottom + 16
     out = [
         f"<line x1='{frame.left}' x2='{frame.width - frame.right}' y1='{frame.top + frame.plot_h}' "
         f"y2='{frame.top + frame.plot_h}' stroke='{AXIS}'/>"
     ]
-    for i, (label, x) in enumerate(zip(labels, centers, strict=True)):
-        if i % every == 0:
-            out.append(
-                f"<text x='{x:.1f}' y='{base}' text-anchor='middle' fill='{AXIS}'>"
-                f"{escape(label)}</text>"
-            )
+    for i in thin_labels(labels, xs):
+        out.append(
+            f"<line x1='{xs[i]:.1f}' x2='{xs[i]:.1f}' y1='{frame.top + frame.plot_h}' "
+            f"y2='{frame.top + frame.plot_h + 4}' stroke='{AXIS}'/>"
+            f"<text class='x-label' x='{xs[i]:.1f}' y='{base}' text-anchor='middle' "
+            f"fill='{AXIS}'>{escape(labels[i])}</text>"
+        )
+    if title:
+        out.append(
+            f"<text x='{frame.left + frame.plot_w / 2:.1f}' y='{base + 16}' text-anchor='middle' "
+            f"fill='{AXIS}'>{escape(title)}</text>"
+        )
     return out
 
 
@@ -136,15 +172,15 @@ def _legend(frame: _Frame, series: Sequence[Series], extra: Sequence[Threshold] 
     out, x = [], float(frame.left)
     for s in series:
         out.append(f"<rect x='{x:.1f}' y='8' width='12' height='12' rx='2' fill='{s.color}'/>")
-        out.append(f"<text x='{x + 16:.1f}' y='18'>{escape(s.name)}</text>")
-        x += 28 + 6.5 * len(s.name)
+        out.append(f"<text class='legend' x='{x + 16:.1f}' y='18'>{escape(s.name)}</text>")
+        x += 28 + CHAR_PX * len(s.name)
     for t in extra:
         out.append(
             f"<line x1='{x:.1f}' x2='{x + 14:.1f}' y1='14' y2='14' stroke='{t.color}' "
             "stroke-dasharray='4 3' stroke-width='1.5'/>"
         )
-        out.append(f"<text x='{x + 18:.1f}' y='18'>{escape(t.label)}</text>")
-        x += 30 + 6.5 * len(t.label)
+        out.append(f"<text class='legend' x='{x + 18:.1f}' y='18'>{escape(t.label)}</text>")
+        x += 30 + CHAR_PX * len(t.label)
     return out
 
 
@@ -159,13 +195,19 @@ def bar_chart(
     percent: bool = False,
     y_label: str = "",
     outline: Series | None = None,
+    boundaries: Sequence[str] | None = None,
+    x_label: str = "",
 ) -> str:
     """Grouped (or stacked) vertical bars, one group per label.
 
     ``outline`` draws a reference distribution as a step outline over the bars (the
-    training baseline behind live proportions).
+    training baseline behind live proportions). ``boundaries`` (one more than the labels,
+    "" for none) puts the axis labels between the bars instead of under them: bins read
+    by their edges; ``labels`` then only name the bars in their tooltips.
     """
-    frame = _Frame(width, height)
+    # A label on the last boundary is centred on the plot's right edge: room for its half.
+    last = boundaries[-1] if boundaries else ""
+    frame = _Frame(width, height, right=max(12, math.ceil(len(last) * CHAR_PX / 2) + 4))
     n = len(labels)
     values = [[float(v or 0.0) for v in s.values] for s in series]
     if stacked:
@@ -198,7 +240,8 @@ def bar_chart(
                 y_top, y_bottom = frame.y(v, peak), frame.y(0, peak)
                 x = x0 + bar_w * k
             out.append(
-                f"<rect x='{x:.1f}' y='{y_top:.1f}' width='{bar_w:.1f}' "
+                f"<rect class='bar' data-series='{escape(s.name)}' data-bin='{i}' "
+                f"x='{x:.1f}' y='{y_top:.1f}' width='{bar_w:.1f}' "
                 f"height='{max(y_bottom - y_top, 0.5):.1f}' fill='{s.color}'>"
                 f"<title>{escape(labels[i])} {escape(s.name)}: {escape(_fmt(v, percent))}"
                 "</title></rect>"
@@ -215,7 +258,13 @@ def bar_chart(
             f"<polyline points='{' '.join(points)}' fill='none' stroke='{outline.color}' "
             "stroke-width='2'/>"
         )
-    out += _x_labels(frame, labels, centers)
+    if boundaries is not None:
+        if len(boundaries) != n + 1:
+            raise ValueError(f"{len(boundaries)} boundary labels for {n} bars (need {n + 1})")
+        edges = [frame.left + slot * i for i in range(n + 1)]
+        out += _x_labels(frame, boundaries, edges, x_label)
+    else:
+        out += _x_labels(frame, labels, centers, x_label)
     out += _legend(frame, [*series, *([outline] if outline else [])])
     out.append("</svg>")
     return "".join(out)
@@ -232,9 +281,14 @@ def line_chart(
     marks: Sequence[tuple[int, float]] = (),
     y_label: str = "",
     percent: bool = False,
+    gaps: Sequence[int] = (),
+    gap_label: str = "",
+    tips: Sequence[str] | None = None,
 ) -> str:
-    """Lines over labelled x positions; ``None`` breaks a line. ``marks`` are (x index,
-    value) points drawn as red dots (alerts)."""
+    """Lines over labelled x positions; ``None`` breaks a line. Every value is a dot
+    (``tips``: its tooltip per x position). ``marks`` are (x index, value) points drawn as
+    red dots (alerts). ``gaps`` are x positions shaded grey, with ``gap_label`` in the
+    legend: positions left out on purpose, told apart from missing data."""
     frame = _Frame(width, height)
     n = len(labels)
     finite = [float(v) for s in series for v in s.values if v is not None and math.isfinite(v)]
@@ -245,6 +299,14 @@ def line_chart(
     out += _y_axis(frame, ticks, percent, y_label)
     step = frame.plot_w / max(n, 1)
     xs = [frame.left + step * (i + 0.5) for i in range(n)]
+    for i in gaps:
+        if 0 <= i < n:
+            tip = f"<title>{escape(tips[i])}</title>" if tips else ""
+            out.append(
+                f"<rect class='gap' data-x='{i}' x='{xs[i] - step / 2:.1f}' y='{frame.top}' "
+                f"width='{step:.1f}' height='{frame.plot_h:.1f}' fill='{GAP}' "
+                f"fill-opacity='0.7'>{tip}</rect>"
+            )
     for t in thresholds:
         y = frame.y(t.value, peak)
         out.append(
@@ -253,20 +315,25 @@ def line_chart(
         )
     for s in series:
         runs: list[list[str]] = [[]]
-        for x, v in zip(xs, s.values, strict=True):
+        dots = []
+        for i, (x, v) in enumerate(zip(xs, s.values, strict=True)):
             if v is None or not math.isfinite(v):
                 runs.append([])
                 continue
-            runs[-1].append(f"{x:.1f},{frame.y(float(v), peak):.1f}")
+            y = frame.y(float(v), peak)
+            runs[-1].append(f"{x:.1f},{y:.1f}")
+            tip = f"<title>{escape(tips[i])}</title>" if tips else ""
+            dots.append(
+                f"<circle class='point' data-series='{escape(s.name)}' data-x='{i}' "
+                f"cx='{x:.1f}' cy='{y:.1f}' r='2.5' fill='{s.color}'>{tip}</circle>"
+            )
         for run in runs:
-            if len(run) == 1:
-                cx, cy = run[0].split(",")
-                out.append(f"<circle cx='{cx}' cy='{cy}' r='2.5' fill='{s.color}'/>")
-            elif run:
+            if len(run) > 1:
                 out.append(
                     f"<polyline points='{' '.join(run)}' fill='none' stroke='{s.color}' "
                     "stroke-width='2' stroke-linejoin='round'/>"
                 )
+        out += dots
     for i, v in marks:
         if 0 <= i < n and math.isfinite(v):
             out.append(
@@ -275,5 +342,16 @@ def line_chart(
             )
     out += _x_labels(frame, labels, xs)
     out += _legend(frame, series, thresholds)
+    if gap_label:
+        out += _gap_legend(frame, gap_label)
     out.append("</svg>")
     return "".join(out)
+
+
+def _gap_legend(frame: _Frame, label: str) -> list[str]:
+    # Right-aligned, clear of the series legend on the left.
+    x = frame.width - frame.right - CHAR_PX * len(label) - 16
+    return [
+        f"<rect x='{x:.1f}' y='8' width='12' height='12' fill='{GAP}'/>",
+        f"<text class='legend gap-legend' x='{x + 16:.1f}' y='18'>{escape(label)}</text>",
+    ]
