@@ -48,6 +48,7 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
     database = quote_identifier(settings.clickhouse_database)
     username: str | None = None
     password = ""  # clickhouse-connect's "not given": the DSN's own, if any, is used
+    interface: str | None = None
     if url.startswith("chdb://"):
         path = url.removeprefix("chdb://")
         if not path:
@@ -57,6 +58,9 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
         except OSError as exc:
             raise SinkError(f"cannot create the chDB data path {path}: {exc}") from exc
     elif url.startswith(("http://", "https://")):
+        # clickhouse-connect reads host, port, user, password and database from the DSN but
+        # not its scheme (TLS by port alone: https://host/ would be plain HTTP on 8123).
+        interface = urlsplit(url).scheme
         username = settings.clickhouse_user
         if settings.clickhouse_password is not None:
             password = settings.clickhouse_password.get_secret_value()
@@ -66,7 +70,9 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
             "(STREAMSCORE_CLICKHOUSE_DSN)"
         )
     try:
-        client = clickhouse_connect.get_client(dsn=url, username=username, password=password)
+        client = clickhouse_connect.get_client(
+            dsn=url, interface=interface, username=username, password=password
+        )
         if create_database:
             client.command(f"create database if not exists {database}")
     except Exception as exc:  # clickhouse_connect raises its own tree and OSError

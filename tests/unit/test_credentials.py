@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ast
 import http.server
+import re
 import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
 
 import faust
 import pytest
@@ -504,6 +506,215 @@ def test_analyst_credentials_need_a_server(tmp_path: Path) -> None:
         Settings(
             home=tmp_path, clickhouse_dsn="http://ch:8123/", clickhouse_analyst_password=PLANTED
         )
+
+
+# ---- ClickHouse DSN forms -----------------------------------------------------------------
+#
+# Each form of STREAMSCORE_CLICKHOUSE_DSN is connected to for real: chDB in-process, and a
+# ClickHouse HTTP(S) interface served here in front of the same chDB engine, so that
+# clickhouse-connect's whole connect sequence runs and the client it returns can be read.
+
+# A self-signed EC certificate for 127.0.0.1 (also its own CA) and its key, for the HTTPS
+# server: `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes
+# -days 36500 -addext subjectAltName=IP:127.0.0.1,DNS:localhost`.
+SERVER_CERTIFICATE = """-----BEGIN CERTIFICATE-----
+MIIBuDCCAV2gAwIBAgIUAYQcO5GnPDNrmDtX4rjL1MPU6fIwCgYIKoZIzj0EAwIw
+IjEgMB4GA1UEAwwXc3RyZWFtc2NvcmUtdGVzdC1zZXJ2ZXIwIBcNMjYxMjAxMTkz
+MDU1WhgPMjEyNjExMDcxOTMwNTVaMCIxIDAeBgNVBAMMF3N0cmVhbXNjb3JlLXRl
+c3Qtc2VydmVyMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEIq44hP6+BSDg9K33
+X/J/2ZIKeFKFBmIrFrGJjHC/kXkLWBu19xxfhz8C7FR2E/rzEXWgsCkQbkQJWos5
+hsFfPqNvMG0wHQYDVR0OBBYEFBPFY7paGr9NNpUR3nFZNTPwckwqMB8GA1UdIwQY
+MBaAFBPFY7paGr9NNpUR3nFZNTPwckwqMA8GA1UdEwEB/wQFMAMBAf8wGgYDVR0R
+BBMwEYcEfwAAAYIJbG9jYWxob3N0MAoGCCqGSM49BAMCA0kAMEYCIQD2aBXF5G3h
+kURizDjaswvT3NOxnNvdCdu5JIZvVo2mtgIhAKdPCa66UwcgYL9cK1wBsRbDvhPV
+uyNNywj9jPGq3A95
+-----END CERTIFICATE-----
+"""
+SERVER_KEY = """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgE4XzeEzr47DSqf3z
+FSqD5rJxL2F+M2OviOOllQKzJj2hRANCAAQirjiE/r4FIOD0rfdf8n/Zkgp4UoUG
+YisWsYmMcL+ReQtYG7X3HF+HPwLsVHYT+vMRdaCwKRBuRAlaizmGwV8+
+-----END PRIVATE KEY-----
+"""
+_FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*$", re.IGNORECASE)
+
+
+class _ClickHouseOverChdb(http.server.BaseHTTPRequestHandler):
+    """ClickHouse's HTTP interface in front of a chDB client: runs each request's SQL (body
+    or ``query=``) in the format it names, refuses a ``database=`` that does not exist as
+    the server does, and records every request's parameters and headers."""
+
+    engine: ClassVar[Any] = None
+    seen: ClassVar[list[tuple[dict[str, str], dict[str, str]]]] = []
+
+    def _answer(self) -> None:
+        size = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(size).decode() if size else ""
+        url = urlsplit(self.path)
+        params = dict(parse_qsl(url.query))
+        self.seen.append((params, dict(self.headers.items())))
+        sql = params.get("query", "") + body
+        match = _FORMAT.search(sql)
+        fmt = match.group(1) if match else "TabSeparated"
+        sql = sql[: match.start()] if match else sql
+        database = params.get("database")
+        try:
+            if database and self.engine.command(f"exists database `{database}`") != 1:
+                raise RuntimeError(f"Code: 81. DB::Exception: Database {database} does not exist")
+            data, status = self.engine.raw_query(sql, fmt=fmt), 200
+        except Exception as exc:
+            data, status = str(exc).encode(), 500
+        self.send_response(status)
+        if status != 200:
+            self.send_header("X-ClickHouse-Exception-Code", "81")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: the tests read what was sent
+
+
+@pytest.fixture(scope="module")
+def engine(chdb_settings: Settings) -> Iterator[Any]:
+    """The session's chDB engine, which the HTTP(S) servers below answer from."""
+    client = connect(chdb_settings)
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["http", "https"])
+def clickhouse_server(
+    request: pytest.FixtureRequest, engine: Any, tmp_path: Path
+) -> Iterator[tuple[str, str, Path]]:
+    """(scheme, host:port, CA file) of a ClickHouse HTTP or HTTPS interface over chDB."""
+    import ssl
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), _ClickHouseOverChdb)
+    ca = tmp_path / "server.pem"
+    ca.write_text(SERVER_CERTIFICATE)
+    if request.param == "https":
+        key = tmp_path / "server.key"
+        key.write_text(SERVER_KEY)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(ca, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    _ClickHouseOverChdb.engine, _ClickHouseOverChdb.seen = engine, []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield request.param, f"127.0.0.1:{server.server_address[1]}", ca
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# (DSN after scheme://, extra settings, the user:password sent, what the client holds)
+DSN_FORMS = {
+    "host-and-database": ("{host}/{db}", {}, None, {"database": "{db}"}),
+    "no-database": ("{host}", {}, None, {"database": None}),
+    "user-and-password": (
+        f"writer:{PLANTED}@{{host}}/{{db}}",
+        {},
+        f"writer:{PLANTED}",
+        {"database": "{db}"},
+    ),
+    "percent-encoded-password": (
+        "writer:p%40ss%3Aw%2Frd@{host}/{db}",
+        {},
+        "writer:p@ss:w/rd",
+        {"database": "{db}"},
+    ),
+    "separate-user-and-password": (
+        "{host}/{db}",
+        {"clickhouse_user": "writer", "clickhouse_password": PLANTED},
+        f"writer:{PLANTED}",
+        {"database": "{db}"},
+    ),
+    "query-options": (
+        "{host}/{db}?connect_timeout=3&send_receive_timeout=7&compress=false"
+        "&client_name=streamscore-test",
+        {},
+        None,
+        {"database": "{db}", "timeout": (3, 7), "compression": None, "agent": "streamscore-test "},
+    ),
+}
+
+
+@pytest.mark.parametrize("form", list(DSN_FORMS))
+def test_each_dsn_form_builds_the_client_it_names(
+    form: str,
+    clickhouse_server: tuple[str, str, Path],
+    engine: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import base64
+    import logging
+
+    scheme, host, ca = clickhouse_server
+    template, extra, credentials, expected = DSN_FORMS[form]
+    db = f"dsn_{form.replace('-', '_')}_{scheme}"
+    engine.command(f"create database if not exists {db}")  # a named one must exist
+    dsn = f"{scheme}://" + template.format(host=host, db=db)
+    if scheme == "https":  # verify the server against the test's CA (a query option too)
+        dsn += ("&" if "?" in dsn else "?") + f"ca_cert={ca}"
+    settings = Settings(home=tmp_path, clickhouse_dsn=dsn, clickhouse_database=f"{db}_own", **extra)
+    caplog.set_level(logging.DEBUG)
+    client = connect(settings)
+    try:
+        assert client.url == f"{scheme}://{host}"
+        assert client.database == (None if expected["database"] is None else db)
+        if "timeout" in expected:
+            assert (client.timeout.connect_timeout, client.timeout.read_timeout) == (3, 7)
+        if "compression" in expected:
+            assert client.compression is None
+        sent = [headers for _params, headers in _ClickHouseOverChdb.seen]
+        assert sent, "no request reached the server"
+        auth = {h.get("Authorization") for h in sent}
+        wanted = None if credentials is None else base64.b64encode(credentials.encode()).decode()
+        assert auth == {None if wanted is None else f"Basic {wanted}"}
+        if "agent" in expected:
+            assert all(h["User-Agent"].startswith(expected["agent"]) for h in sent)
+        # The configured database is created, whatever the DSN's own default is.
+        assert engine.command(f"exists database {db}_own") == 1
+    finally:
+        client.close()
+    shown = repr(settings) + str(settings) + caplog.text
+    assert PLANTED not in shown
+
+
+def test_a_chdb_dsn_opens_its_path_and_creates_the_database(chdb_settings: Settings) -> None:
+    client = connect(chdb_settings.model_copy(update={"clickhouse_database": "dsn_chdb_own"}))
+    try:
+        assert type(client).__name__ == "ChdbClient"
+        assert client.command("exists database dsn_chdb_own") == 1
+        path = chdb_settings.clickhouse_url.removeprefix("chdb://")
+        assert Path(path).is_dir()
+    finally:
+        client.close()
+    with pytest.raises(ConfigError, match="names no chDB data path"):
+        connect(Settings(clickhouse_dsn="chdb://"))
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("secure=true", "'secure'"),  # TLS is the scheme: https://
+        ("max_execution_time=5", "'max_execution_time'"),  # a ClickHouse setting, not an option
+        (f"password={PLANTED}", "'password'"),
+    ],
+    ids=["secure", "a-setting", "password"],
+)
+def test_a_dsn_option_clickhouse_connect_does_not_take_is_named_in_the_error(
+    tmp_path: Path, query: str, named: str
+) -> None:
+    settings = Settings(home=tmp_path, clickhouse_dsn=f"http://{CLOSED}/?{query}")
+    with pytest.raises(SinkError, match=named) as raised:
+        connect(settings)
+    assert PLANTED not in "".join(traceback.format_exception(raised.value))
 
 
 class _FailingClient:
