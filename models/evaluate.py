@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from streams.monitoring.drift import baseline_edges
 from streams.scoring.decide import Thresholds
 from streams.scoring.metadata import Histogram
 
@@ -61,13 +62,13 @@ def _clip(v: float) -> float:
 
 
 def histogram(values: NDArray[np.floating], bins: int = 10) -> Histogram:
-    """Quantile bins (deduplicated for discrete features) and the share of rows in each."""
+    """The drift monitor's bins (``baseline_edges``: quantiles, an atom such as a flag's
+    zeros binned apart) and the share of rows in each."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if len(v) == 0:
         return Histogram((), (1.0,))
-    qs = np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1])
-    edges = np.unique(np.round(qs, 7))
+    edges = baseline_edges(v, bins)
     counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
     proportions = counts / counts.sum()
     return Histogram(tuple(float(e) for e in edges), tuple(round(float(p), 6) for p in proportions))

@@ -41,8 +41,8 @@ crash; transactional outputs make it exact. Closed windows are still returned wh
 write path the old scoring agent uses (``streams.monitoring.stream``).
 
 **One PSI.** Statistics are computed from summed counts in ClickHouse (the ``drift_stats``
-view, migration 0007) and here (``drift_statistics``, for logs, metrics and the report);
-both use exactly these formulas, and a unit test holds them to 1e-9 of each other:
+view, migrations 0007 and 0008) and here (``drift_statistics``, for logs, metrics and the
+report); both use exactly these formulas, and a unit test holds them to 1e-9 of each other:
 
 * proportions p = counts / total and q = the baseline's, each floored at ``EPSILON`` and
   renormalised to sum to 1; a window with no counted value has PSI, KS and JS 0;
@@ -56,6 +56,20 @@ a thousand. Without drift, PSI ≈ χ²(k − 1) · (1/n + 1/m) for n window row
 rows and k non-empty bins, so the noise floor is ``critical · (1/n + 1/m)`` with
 ``critical`` the χ² 0.999 quantile. A 0.1 threshold over 250 rows and 10 bins would
 otherwise fire on noise alone about once in 200 windows.
+
+**Missing values.** Rows served from defaults (an unknown entity) are binned at their
+default value, as training binned them, so a feature going missing moves its PSI only as
+far as its default is from its usual values: a merchant's fraud-label count defaults to
+0, its commonest value. So each window also checks its missing share (``missing`` / rows):
+it alerts when above the baseline's ``missing_expected`` by more than ``MISSING_MARGIN``
+and by more than sampling allows (``Z_999`` standard errors), with the same threshold-0
+and 200-row gates. The window's ``alert`` is either rule; ``psi_alert`` and
+``missing_alert`` say which.
+
+**Bins.** ``baseline_edges`` draws a baseline's bins from training values: quantiles, and
+a value holding several quantiles (the zeros of a flag or of a mostly-zero ratio) gets a
+bin of its own: quantiles alone put a 5% flag's ones in one bin with its zeros, and its
+PSI is 0 whatever happens to it.
 """
 
 from __future__ import annotations
@@ -76,6 +90,7 @@ __all__ = [
     "ALERT_MIN_ROWS",
     "DELTA_COLUMNS",
     "EPSILON",
+    "MISSING_MARGIN",
     "SCORE",
     "Baseline",
     "DriftAccumulator",
@@ -83,6 +98,7 @@ __all__ = [
     "HistogramRow",
     "Observation",
     "WindowDrift",
+    "baseline_edges",
     "chi2_quantile",
     "drift_statistics",
     "model_baselines",
@@ -92,10 +108,13 @@ __all__ = [
     "window_table",
 ]
 
-EPSILON = 1e-4  # the proportion floor; migration 0007's drift_stats view uses the same
+EPSILON = 1e-4  # the proportion floor; the drift_stats view (migration 0008) uses the same
 SCORE = "__score__"  # the pseudo-feature holding the model's score distribution
 ALERT_MIN_ROWS = 200
 Z_999 = 3.0902  # the standard normal 0.999 quantile
+# A window's missing share must exceed the baseline's by this much to alert (migration
+# 0008 uses the same): the few rows of entities first seen today stay quiet.
+MISSING_MARGIN = 0.05
 _NONE = -(2**62)  # "no watermark yet": far below any event time, safe to subtract from
 
 
@@ -149,6 +168,34 @@ def drift_statistics(counts: ArrayLike, expected: ArrayLike) -> tuple[float, flo
 # ---- baselines ---------------------------------------------------------------------------
 
 
+def baseline_edges(values: ArrayLike, bins: int = 10) -> NDArray[np.float64]:
+    """Interior cut points of a training baseline for ``values`` (non-finite ones left out).
+
+    Quantile edges, about equal mass per bin, rounded to 7 decimals; and for each value on
+    which several quantiles fall (an atom: the zeros of a flag or of a mostly-zero ratio)
+    a cut halfway to the next distinct value, so the atom and what lies above it fall in
+    different bins. Quantiles alone give a flag set on 5% of rows the one edge 0: both of
+    its values share a bin, and no change of its share moves its PSI. Values rarer than a
+    bin's mass stay merged with their neighbours (a bin of 2 training rows in 1,500 would
+    make PSI's noise far heavier-tailed than its noise floor assumes).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return np.zeros(0, dtype=np.float64)
+    raw = np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1])
+    levels, repeats = np.unique(raw, return_counts=True)
+    atoms = levels[repeats > 1]
+    distinct = np.unique(v)
+    above = np.searchsorted(distinct, atoms, side="right")
+    atoms, above = atoms[above < len(distinct)], above[above < len(distinct)]
+    following = distinct[above]
+    # Where the next distinct value is an edge already, the atom has its bin.
+    alone = ~np.isin(following, levels)
+    cuts = (atoms[alone] + following[alone]) / 2
+    return np.unique(np.round(np.concatenate([raw, cuts]), 7))
+
+
 @dataclass(frozen=True, slots=True)
 class Baseline:
     """One monitored column: training bin edges, expected proportions, alert threshold."""
@@ -159,10 +206,20 @@ class Baseline:
     expected: NDArray[np.float64]
     threshold: float  # PSI above which the window alerts; 0 = not alerted (reported only)
     reference_rows: int = 0  # rows the baseline was built from; 0 = unknown (taken as many)
+    # Share of the reference rows served from defaults. The trainer fills defaults before
+    # drawing the baselines and does not record it, so a sidecar without
+    # ``training_data["missing_rates"]`` gives 0: training taken as complete.
+    missing_expected: float = 0.0
 
     @classmethod
     def from_histogram(
-        cls, name: str, column: int, histogram: Histogram, threshold: float, reference_rows: int = 0
+        cls,
+        name: str,
+        column: int,
+        histogram: Histogram,
+        threshold: float,
+        reference_rows: int = 0,
+        missing_expected: float = 0.0,
     ) -> Baseline:
         return cls(
             name,
@@ -171,6 +228,7 @@ class Baseline:
             np.asarray(histogram.proportions, dtype=np.float64),
             threshold,
             reference_rows,
+            missing_expected,
         )
 
     @property
@@ -196,18 +254,45 @@ class Baseline:
             and psi > self.noise_floor(rows)
         )
 
+    def missing_floor(self, rows: int) -> float:
+        """The missing share above which a window of ``rows`` alerts: the expected share
+        plus ``MISSING_MARGIN``, or plus ``Z_999`` standard errors of the difference of
+        two shares (window and reference) where that is more."""
+        r = self.missing_expected
+        reference = 1 / self.reference_rows if self.reference_rows > 0 else 0.0
+        spread = Z_999 * math.sqrt(r * (1 - r) * (1 / max(rows, 1) + reference))
+        return r + max(MISSING_MARGIN, spread)
+
+    def missing_alerts(self, missing: int, rows: int) -> bool:
+        """The ``drift_stats`` missing rule: more rows served from defaults than the
+        baseline's share allows, with the PSI rule's threshold-0 and row gates."""
+        return (
+            self.threshold > 0
+            and rows >= ALERT_MIN_ROWS
+            and missing / max(rows, 1) > self.missing_floor(rows)
+        )
+
 
 def model_baselines(
     metadata: ModelMetadata, thresholds: Mapping[str, float], score_threshold: float = 0.2
 ) -> list[Baseline]:
     """The model's features in input order (those with a baseline), then its score.
 
-    Feature baselines come from the training rows, the score's from the holdout rows."""
+    Feature baselines come from the training rows, the score's from the holdout rows;
+    missing shares from ``training_data["missing_rates"]`` where the sidecar has them."""
     train_rows = int(metadata.training_data.get("train_rows", 0))
     holdout_rows = int(metadata.training_data.get("holdout_rows", 0))
+    missing_rates = metadata.training_data.get("missing_rates")
+    if not isinstance(missing_rates, Mapping):
+        missing_rates = {}
     out = [
         Baseline.from_histogram(
-            name, column, metadata.feature_baselines[name], thresholds.get(name, 0.2), train_rows
+            name,
+            column,
+            metadata.feature_baselines[name],
+            thresholds.get(name, 0.2),
+            train_rows,
+            float(missing_rates.get(name, 0.0)),
         )
         for column, name in enumerate(metadata.feature_names)
         if name in metadata.feature_baselines
@@ -489,7 +574,11 @@ class WindowDrift:
     psi: float
     threshold: float
     noise_floor: float
-    alert: bool
+    alert: bool  # either rule: psi_alert or missing_alert
+    missing_rate: float = 0.0
+    missing_floor: float = 0.0
+    psi_alert: bool = False
+    missing_alert: bool = False
 
 
 def summarise(
@@ -509,19 +598,23 @@ def summarise(
         newest[r.model_version] = max(
             newest.get(r.model_version, r.window_start_ms), r.window_start_ms
         )
-    summed: dict[tuple[str, str, int], tuple[int, NDArray[np.int64]]] = {}
+    summed: dict[tuple[str, str, int], tuple[int, int, NDArray[np.int64]]] = {}
     for r in (r for r in rows if r.window_start_ms == newest[r.model_version]):
         key = (r.model_version, r.feature, r.window_start_ms)
-        n, counts = summed.get(key, (0, np.zeros(len(r.counts), dtype=np.int64)))
-        summed[key] = (n + r.rows, counts + np.asarray(r.counts, dtype=np.int64))
+        n, gone, counts = summed.get(key, (0, 0, np.zeros(len(r.counts), dtype=np.int64)))
+        summed[key] = (n + r.rows, gone + r.missing, counts + np.asarray(r.counts, np.int64))
     out: list[WindowDrift] = []
-    for (model, feature, start), (n, counts) in sorted(summed.items()):
+    for (model, feature, start), (n, gone, counts) in sorted(summed.items()):
         baseline = by_name.get((model, feature))
         if baseline is None:
             continue
         value = drift_statistics(counts, baseline.expected)[0]
-        floor, alert = baseline.noise_floor(n), baseline.alerts(value, n)
-        out.append(WindowDrift(model, feature, start, n, value, baseline.threshold, floor, alert))
+        by_psi, by_missing = baseline.alerts(value, n), baseline.missing_alerts(gone, n)
+        drift = WindowDrift(
+            model, feature, start, n, value, baseline.threshold, baseline.noise_floor(n),
+            by_psi or by_missing, gone / max(n, 1), baseline.missing_floor(n), by_psi, by_missing,
+        )  # fmt: skip
+        out.append(drift)
     return out
 
 

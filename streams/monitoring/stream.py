@@ -48,7 +48,7 @@ from streams.scoring.pipeline import DecodedBatch, ScoredEvents
 
 BASELINE_COLUMNS = (
     "model_version", "feature", "feature_index", "edges", "expected", "threshold",
-    "reference_rows", "critical",
+    "reference_rows", "critical", "missing_expected",
 )  # fmt: skip
 
 if TYPE_CHECKING:
@@ -164,6 +164,7 @@ class DriftMonitor:
                 b.threshold,
                 b.reference_rows,
                 b.critical,
+                b.missing_expected,
             ]
             for model, columns in baselines.items()
             for b in columns
@@ -250,7 +251,20 @@ class DriftMonitor:
         """PSI and alert of the newest window per model among ``rows``; logs each alert."""
         out = summarise(rows, self.accumulator.baselines)
         for w in out:
-            if w.alert:
+            if w.missing_alert:
+                log.warning(
+                    "drift alert: %s %s served from defaults in %.1f%% of %d rows > %.1f%% "
+                    "(window %s)",
+                    w.model_version, w.feature, 100 * w.missing_rate, w.rows,
+                    100 * w.missing_floor, _iso(w.window_start_ms),
+                    extra={
+                        "model_version": w.model_version, "feature": w.feature,
+                        "window_start": _iso(w.window_start_ms),
+                        "missing_rate": round(w.missing_rate, 4),
+                        "missing_floor": round(w.missing_floor, 4), "rows": w.rows,
+                    },
+                )  # fmt: skip
+            if w.psi_alert:
                 log.warning(
                     "drift alert: %s %s psi %.3f > %.3f over %d rows (window %s)",
                     w.model_version, w.feature, w.psi, max(w.threshold, w.noise_floor), w.rows,

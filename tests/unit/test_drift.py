@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,12 +10,15 @@ from numpy.typing import NDArray
 from scipy.stats import chi2
 
 from streams.monitoring.drift import (
+    MISSING_MARGIN,
     Baseline,
     DriftAccumulator,
     HistogramRow,
     Observation,
+    baseline_edges,
     chi2_quantile,
     drift_statistics,
+    model_baselines,
     psi,
     summarise,
 )
@@ -239,3 +243,100 @@ def test_float32_features_bin_exactly_as_float64_comparisons() -> None:
             np.searchsorted(b.edges, x.astype(np.float64), side="right"), minlength=b.bins
         )
         assert rows[b.name] == want.tolist(), b.name
+
+
+def test_baseline_edges_give_a_rare_flag_and_an_atom_bins_of_their_own() -> None:
+    rng = np.random.default_rng(9)
+    flag = (rng.random(20_000) < 0.05).astype(np.float64)
+    # Plain quantiles of a 5% flag: the one edge 0, both values in one bin (PSI always 0).
+    plain = np.unique(np.round(np.quantile(flag, np.linspace(0, 1, 11)[1:-1]), 7))
+    assert plain.tolist() == [0.0]
+    edges = baseline_edges(flag)
+    counts = np.bincount(np.searchsorted(edges, flag, side="right"), minlength=len(edges) + 1)
+    assert np.count_nonzero(counts) == 2 and counts[-1] == int(flag.sum())
+    # A mostly-zero ratio: the zeros apart from the rest, the rest still in quantiles.
+    ratio = np.where(rng.random(20_000) < 0.93, 0.0, rng.random(20_000))
+    edges = baseline_edges(ratio)
+    zeros = np.searchsorted(edges, 0.0, side="right")
+    assert edges[zeros] <= ratio[ratio > 0].min()  # the next bin starts at the positives
+    counts = np.bincount(np.searchsorted(edges, ratio, side="right"), minlength=len(edges) + 1)
+    assert counts[zeros] == int((ratio == 0).sum())
+    # A count: an atom whose next value is an edge already gets no extra cut.
+    assert baseline_edges(rng.integers(0, 7, 20_000)).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert baseline_edges(np.array([np.nan, np.inf])).tolist() == []
+
+
+def test_baseline_edges_leave_continuous_values_to_quantiles() -> None:
+    values = np.random.default_rng(4).normal(size=10_000)
+    want = np.unique(np.round(np.quantile(values, np.linspace(0, 1, 11)[1:-1]), 7))
+    assert np.array_equal(baseline_edges(values), want)
+
+
+def test_a_flag_whose_share_moves_alerts_with_its_new_bins() -> None:
+    rng = np.random.default_rng(2)
+    flag = (rng.random(20_000) < 0.05).astype(np.float64)
+    edges = baseline_edges(flag)
+    counts = np.bincount(np.searchsorted(edges, flag, side="right"), minlength=len(edges) + 1)
+    baseline = Baseline("is_foreign", 0, edges, counts / counts.sum(), 0.1, 20_000)
+    window = (rng.random(250) < 0.5).astype(np.float64)  # half the window now foreign
+    live = np.bincount(np.searchsorted(edges, window, side="right"), minlength=len(edges) + 1)
+    value = drift_statistics(live, baseline.expected)[0]
+    assert baseline.alerts(value, 250), value
+
+
+def test_the_missing_rule_is_material_significant_and_gated() -> None:
+    edges = np.array([0.0, 1.0])
+    none = Baseline("f", 0, edges, np.array([0.0, 0.8, 0.2]), 0.2, reference_rows=10_000)
+    assert none.missing_floor(250) == MISSING_MARGIN  # nothing expected: the margin alone
+    assert none.missing_alerts(int(0.06 * 250), 250)
+    assert not none.missing_alerts(int(0.04 * 250), 250)  # 4%: below the margin
+    assert not none.missing_alerts(150, 199)  # too few rows
+    silent = dataclasses.replace(none, threshold=0.0)
+    assert not silent.missing_alerts(250, 250)  # reported, never alerted
+    # An expected share of 30%: sampling (two shares' standard error) outweighs the margin.
+    some = dataclasses.replace(none, missing_expected=0.3)
+    spread = 3.0902 * math.sqrt(0.3 * 0.7 * (1 / 250 + 1 / 10_000))
+    assert spread > MISSING_MARGIN
+    assert math.isclose(some.missing_floor(250), 0.3 + spread, rel_tol=1e-12)
+    assert not some.missing_alerts(int((0.3 + 0.07) * 250), 250)  # margin, not significant
+    assert some.missing_alerts(int((0.3 + spread) * 250) + 1, 250)
+
+
+def test_a_feature_going_missing_at_its_default_alerts_on_its_missing_share() -> None:
+    """80% of training rows are 0, the default: half the window served from defaults moves
+    PSI to about 0.08, under the 0.2 threshold; the missing share says what happened."""
+    expected = np.array([0.0, 0.8, 0.1, 0.1])
+    baseline = Baseline("fraud_labels", 0, np.array([0.0, 0.5, 2.0]), expected, 0.2, 20_000)
+    rng = np.random.default_rng(1)
+    served = rng.multinomial(125, expected)  # the half still served from the store
+    counts = served + np.array([0, 125, 0, 0])  # the other half at the default 0
+    row = HistogramRow("m", "fraud_labels", 0, 60_000, 60_000, 0, 250, 125, counts.tolist())
+    [window] = summarise([row], {"m": [baseline]})
+    assert window.psi < baseline.threshold and not window.psi_alert
+    assert window.missing_rate == 0.5 and window.missing_alert and window.alert
+    assert window.missing_floor == baseline.missing_floor(250)
+    quiet = dataclasses.replace(row, missing=2)
+    [normal] = summarise([quiet], {"m": [baseline]})
+    assert not normal.missing_alert and not normal.alert
+
+
+def test_model_baselines_take_missing_shares_from_the_sidecar_when_it_has_them() -> None:
+    from streams.scoring.decide import Thresholds
+    from streams.scoring.metadata import FeatureColumn, Histogram, ModelMetadata
+
+    def meta(training: dict[str, object]) -> ModelMetadata:
+        return ModelMetadata(
+            name="m", version="1", kind="lightgbm", feature_service="s",
+            features=(FeatureColumn("a", "float32", 0.0), FeatureColumn("b", "float32", 0.0)),
+            thresholds=Thresholds(0.5, 0.9, 0.6, 0.7), onnx_sha256="",
+            training_data={"train_rows": 100, **training},
+            feature_baselines={"a": Histogram((0.0,), (0.5, 0.5)),
+                               "b": Histogram((0.0,), (0.5, 0.5))},
+        )  # fmt: skip
+
+    found = model_baselines(meta({"missing_rates": {"a": 0.25}}), {})
+    assert [(b.name, b.missing_expected, b.reference_rows) for b in found] == [
+        ("a", 0.25, 100),
+        ("b", 0.0, 100),
+    ]
+    assert all(b.missing_expected == 0.0 for b in model_baselines(meta({}), {}))

@@ -1,7 +1,8 @@
-"""One PSI: the drift_stats view (migration 0007) on an in-process chDB against the Python.
+"""One PSI: the drift_stats view (migrations 0007, 0008) on an in-process chDB against the Python.
 
 The same counts go through ``drift_statistics``/``Baseline`` and through ``drift_deltas``
-and the view; PSI, KS, JS distance, noise floor and alert must agree to 1e-9. Then the
+and the view; PSI, KS, JS distance, noise floor, missing floor and both alert rules must
+agree to 1e-9. Then the
 delta table's own promises: a re-sent batch counts once, whole windows replace
 themselves, windows written before the migration stay visible, and the monitor's two
 write paths land there. chDB hosts one data path per process: the module's clients are
@@ -41,7 +42,7 @@ MINUTE = 60_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 _BASELINE_COLUMNS = (
     "model_version", "feature", "feature_index", "edges", "expected", "threshold",
-    "reference_rows", "critical",
+    "reference_rows", "critical", "missing_expected",
 )  # fmt: skip
 LEGACY = HistogramRow("legacy-1", "f", 0, T0 - 60 * MINUTE, MINUTE, 0, 300, 2, [100, 100, 100])
 
@@ -73,7 +74,7 @@ def _now(n: int) -> pa.Array:
 def insert_baselines(gateway: ClickHouseGateway, model: str, columns: list[Baseline]) -> None:
     rows = [
         [model, b.name, b.column, b.edges.tolist(), b.expected.tolist(), b.threshold,
-         b.reference_rows, b.critical]
+         b.reference_rows, b.critical, b.missing_expected]
         for b in columns
     ]  # fmt: skip
     gateway.insert_columns("drift_baselines", list(zip(*rows, strict=True)), _BASELINE_COLUMNS)
@@ -82,7 +83,8 @@ def insert_baselines(gateway: ClickHouseGateway, model: str, columns: list[Basel
 def stats(gateway: ClickHouseGateway, model: str) -> dict[tuple[str, int], dict[str, Any]]:
     result = gateway.query(
         "select feature, toUnixTimestamp64Milli(window_start) as w, rows, psi, ks, "
-        f"js_distance, noise_floor, alert, missing_rate from {gateway.table('drift_stats')} "
+        "js_distance, noise_floor, alert, missing_rate, psi_alert, missing_alert, "
+        f"missing_floor, missing_expected from {gateway.table('drift_stats')} "
         "where model_version = {m:String}",
         {"m": model},
     )
@@ -109,26 +111,46 @@ def test_the_view_and_the_python_compute_the_same_statistics(gateway: ClickHouse
             counts = [0] * bins  # nothing counted (every value NaN)
         reference = int(rng.choice([0, 10_000]))
         threshold = 0.1 if i % 4 else 0.0
-        b = Baseline(f"f{i}", i, np.arange(bins - 1.0), expected, threshold, reference)
+        expected_missing = float(rng.choice([0.0, 0.02, 0.3]))
+        b = Baseline(
+            f"f{i}", i, np.arange(bins - 1.0), expected, threshold, reference, expected_missing
+        )
+        # Rows served from defaults: none, about the expected share, or far more.
+        share = float(rng.choice([0.0, expected_missing, expected_missing + 0.2]))
+        missing = int(rng.binomial(max(sum(counts), 1), min(share, 1.0)))
         columns.append(b)
-        cases.append((b, counts))
+        cases.append((b, counts, missing))
+    # The baseline's own proportions with half the rows served from defaults: the missing
+    # rule alone.
+    alone = Baseline("f40", 40, np.array([0.5]), np.array([0.5, 0.5]), 0.1, 10_000)
+    columns.append(alone)
+    cases.append((alone, [125, 125], 125))
     insert_baselines(gateway, model, columns)
     rows = [
-        HistogramRow(model, b.name, b.column, T0, MINUTE, 0, max(sum(c), 1), 0, c) for b, c in cases
+        HistogramRow(model, b.name, b.column, T0, MINUTE, 0, max(sum(c), 1), m, c)
+        for b, c, m in cases
     ]
     gateway.insert_arrow("drift_deltas", window_table(rows, "w"))
     found = stats(gateway, model)
-    for b, counts in cases:
+    for b, counts, missing in cases:
         got = found[(b.name, T0)]
         value, ks, js = drift_statistics(np.array(counts), b.expected)
         n = max(sum(counts), 1)
         assert abs(got["psi"] - value) <= 1e-9, (b.name, got["psi"], value)
         assert abs(got["ks"] - ks) <= 1e-9 and abs(got["js_distance"] - js) <= 1e-9, b.name
         assert abs(got["noise_floor"] - b.noise_floor(n)) <= 1e-9 * max(1.0, b.noise_floor(n))
-        assert bool(got["alert"]) == b.alerts(value, n), b.name
+        assert abs(got["missing_floor"] - b.missing_floor(n)) <= 1e-9, b.name
+        assert got["missing_expected"] == b.missing_expected
+        assert abs(got["missing_rate"] - missing / n) <= 1e-12
+        assert bool(got["psi_alert"]) == b.alerts(value, n), b.name
+        assert bool(got["missing_alert"]) == b.missing_alerts(missing, n), b.name
+        assert bool(got["alert"]) == (b.alerts(value, n) or b.missing_alerts(missing, n))
         # The report's PSI is the same function.
         assert report_data.psi(counts, b.expected) == value
-    assert any(bool(found[(b.name, T0)]["alert"]) for b, _ in cases)  # the rule was exercised
+    # Both rules were exercised, each alone.
+    for rule, other in (("psi_alert", "missing_alert"), ("missing_alert", "psi_alert")):
+        assert any(found[(b.name, T0)][rule] and not found[(b.name, T0)][other] for b, *_ in cases)
+    assert any(not found[(b.name, T0)]["alert"] for b, *_ in cases)
     assert found[("f7", T0)]["psi"] == 0.0
 
 
