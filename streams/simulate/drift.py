@@ -8,6 +8,9 @@
   every merchant feature is served from its defaults (a feature going missing).
 
 Accounts are chosen by a hash of the account id, so the same accounts drift every run.
+``DriftInjection.affects`` names the features each kind changes, so a detection-power
+check (``streamscore bench drift --detection``, tests/integration/test_drift.py) knows
+which features must alert and which must stay quiet.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ from typing import Any
 
 from streams.simulate.exceptions import SimulationError
 
+__all__ = ["AMOUNT_FEATURES", "KINDS", "NEW_COUNTRIES", "DriftInjection"]
+
 KINDS = ("amount", "country", "missing")
 NEW_COUNTRIES = ("NG", "VN", "BR", "ID")
+# The event features computed from the amount (streams.features.event).
+AMOUNT_FEATURES = ("event__amount", "event__log_amount", "event__amount_vs_account_mean_30d")
 
 
 def _share_of(key: str) -> float:
@@ -59,6 +66,17 @@ class DriftInjection:
             else:
                 raise SimulationError(f"drift option {option!r} not understood in {text!r}")
         return cls(kind, at, share, factor)
+
+    def affects(self, feature: str) -> bool:
+        """Whether this kind changes ``feature`` (a feature-service name): ``amount`` the
+        amount's features, ``country`` the foreign flag (new merchant countries differ
+        from every card's), ``missing`` every feature of the merchant view (all served
+        from defaults). The score follows whatever the model reads: neither."""
+        if self.kind == "amount":
+            return feature in AMOUNT_FEATURES
+        if self.kind == "country":
+            return feature == "event__is_foreign"
+        return feature.startswith("merchant__")
 
     def apply(self, event: dict[str, Any]) -> dict[str, Any]:
         """``event`` as drifted (a copy), or unchanged before ``at`` / for other accounts."""
