@@ -4,18 +4,41 @@ Both converters emit ``label`` and ``probabilities`` [N, 2] (zipmap disabled); w
 append a Gather of the positive-class column, drop every other output and prune the
 nodes that only fed them, then stamp streamscore metadata into ``metadata_props`` so
 the loader can tell an ONNX file from a foreign one with the same name.
+
+``export_variants`` gives every variant of one model, main first: LightGBM as ``trees``
+(onnxmltools' TreeEnsemble operator, fastest on CPU, CPU-only in ONNX Runtime) and
+``tensor`` (``models.tensorise``, standard operators a GPU runs); the MLP as ``default``.
+``artifact_variants`` reads them back from a written artifact, hashes checked.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from streams.scoring.artifact import META_PREFIX
-from streams.scoring.metadata import INPUT_NAME, OUTPUT_NAME
+from models.tensorise import tensorise
+from streams.errors import ModelError
+from streams.scoring.artifact import META_PREFIX, load_artifact
+from streams.scoring.metadata import (
+    DEFAULT_VARIANT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TENSOR_VARIANT,
+    TREES_VARIANT,
+)
+
+__all__ = [
+    "artifact_variants",
+    "export_variants",
+    "lightgbm_to_onnx",
+    "lightgbm_to_tensor_onnx",
+    "sklearn_to_onnx",
+    "stamp",
+]
 
 # Opsets ONNX Runtime >= 1.20 runs everywhere (CPU, CUDA, TensorRT).
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -34,6 +57,37 @@ def lightgbm_to_onnx(model: Any, n_features: int) -> onnx.ModelProto:
         target_opset=LIGHTGBM_OPSET,
     )
     return _positive_class_only(onx)
+
+
+def lightgbm_to_tensor_onnx(model: Any, n_features: int) -> onnx.ModelProto:
+    """The same LightGBM as plain tensor operators (``models.tensorise``), for a GPU."""
+    booster = getattr(model, "booster_", model)  # an LGBMClassifier or a Booster
+    return tensorise(booster.dump_model(), n_features)
+
+
+def export_variants(kind: str, model: Any, n_features: int) -> list[tuple[str, onnx.ModelProto]]:
+    """Every variant of a fitted model as ``(variant name, ONNX)``, the main one first."""
+    if kind == "lightgbm":
+        return [
+            (TREES_VARIANT, lightgbm_to_onnx(model, n_features)),
+            (TENSOR_VARIANT, lightgbm_to_tensor_onnx(model, n_features)),
+        ]
+    if kind == "mlp":
+        return [(DEFAULT_VARIANT, sklearn_to_onnx(model, n_features))]
+    raise ModelError(f"no ONNX export for model kind {kind!r}")
+
+
+def artifact_variants(onnx_path: Path) -> list[tuple[str, bytes]]:
+    """Every variant of a written artifact as ``(variant name, ONNX bytes)``, main first.
+
+    The bytes are the ones ``load_artifact`` hashed against the sidecar (so a GPU check
+    runs exactly what serving would).
+    """
+    artifact = load_artifact(onnx_path, None)
+    return [
+        (artifact.variant, artifact.model_bytes),
+        *((name, artifact.variants[name]) for name in sorted(artifact.variants)),
+    ]
 
 
 def sklearn_to_onnx(pipeline: Any, n_features: int) -> onnx.ModelProto:
@@ -85,7 +139,13 @@ def _prune(graph: onnx.GraphProto) -> None:
 
 
 def stamp(
-    onx: onnx.ModelProto, *, name: str, version: str, feature_service: str, n_features: int
+    onx: onnx.ModelProto,
+    *,
+    name: str,
+    version: str,
+    feature_service: str,
+    n_features: int,
+    variant: str | None = None,
 ) -> bytes:
     """Write streamscore metadata into the model, check it and serialise it."""
     props = {
@@ -94,6 +154,8 @@ def stamp(
         "feature_service": feature_service,
         "n_features": str(n_features),
     }
+    if variant is not None:
+        props["variant"] = variant
     del onx.metadata_props[:]
     for key, value in props.items():
         entry = onx.metadata_props.add()

@@ -4,16 +4,23 @@ The table has the exact shape ``streams.features.training.build_training_set`` r
 ``event_id``, ``event_time``, ``is_fraud`` (int8), then every feature in service order,
 with some nulls. Fraud depends non-linearly on a few features so models have
 something to learn.
+
+``variant_check`` trains one model and returns every ONNX variant as served, with the
+native model's probabilities on the holdout: what a GPU check compares each variant on
+each provider against (``benchmarks/gpu_check.sh``).
 """
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from streams.features.spec import FeatureServiceSpec, FeatureSpec
 
@@ -89,3 +96,49 @@ def train_synthetic(
     spec = spec or synthetic_feature_service(n_features)
     table = synthetic_training_table(spec, rows, seed=seed)
     return train(spec, table, out_dir, TrainConfig(kind=kind, version=version, **config))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class VariantCheck:
+    """Every variant of one trained model and the reference to hold each against.
+
+    ``variants``: ``(variant name, ONNX bytes)``, main first, as ``load_artifact`` read
+    and hashed them (LightGBM: ``trees``, ``tensor``; MLP: ``default``). ``x`` is the
+    time holdout (float32, no NaN: training imputes each feature's default, as serving
+    does) and ``reference`` the native model's positive-class probability on it; every
+    variant on every provider must be within ``tolerance`` (max abs difference).
+    """
+
+    model_id: str
+    kind: str
+    variants: tuple[tuple[str, bytes], ...]
+    x: NDArray[np.float32]
+    reference: NDArray[np.float64]
+    tolerance: float
+
+
+def variant_check(
+    kind: str = "lightgbm",
+    *,
+    rows: int = 5000,
+    n_features: int = 20,
+    seed: int = 0,
+    **config: Any,
+) -> VariantCheck:
+    """Train ``kind`` on synthetic data in a temporary folder; its variants and reference.
+
+    ``config`` goes to TrainConfig (e.g. ``n_estimators=200``).
+    """
+    from models.export import artifact_variants
+    from models.train import PARITY_TOLERANCE, TrainConfig, feature_matrix, time_split
+
+    spec = synthetic_feature_service(n_features)
+    table = synthetic_training_table(spec, rows, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="streamscore-variants-") as tmp:
+        result = train_synthetic(Path(tmp), kind, spec=spec, rows=rows, seed=seed, **config)
+        variants = tuple(artifact_variants(result.onnx_path))
+    holdout = config.get("holdout_fraction", TrainConfig.holdout_fraction)
+    train_mask, _ = time_split(table.column("event_time").to_numpy(), holdout)
+    x = feature_matrix(table, spec)[~train_mask]
+    reference = np.asarray(result.model.predict_proba(x)[:, 1], dtype=np.float64)
+    return VariantCheck(result.metadata.model_id, kind, variants, x, reference, PARITY_TOLERANCE)

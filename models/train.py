@@ -2,12 +2,15 @@
 
 ``train(spec, table, out_dir, config)`` takes the FeatureServiceSpec and the training
 table as arguments (what ``streams.features`` builds in production, synthetic data in
-tests). It splits by time, fits, exports to ONNX, checks ONNX/native parity on the
-holdout, and writes ``<name>-<version>.onnx``, ``.json`` (sidecar) and ``.md`` (model card).
+tests). It splits by time, fits, exports every variant to ONNX (LightGBM: ``trees`` and
+``tensor``, see ``models.export``), checks each variant's ONNX/native parity on the holdout,
+and writes ``<name>-<version>.onnx`` (the main variant), ``<name>-<version>.<variant>.onnx``
+for each other one, ``.json`` (sidecar, hashing them all) and ``.md`` (model card).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass, field, replace
@@ -21,7 +24,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from models import evaluate
-from models.export import lightgbm_to_onnx, sklearn_to_onnx, stamp
+from models.export import export_variants, stamp
 from streams.errors import ModelError
 from streams.features.spec import FeatureServiceSpec
 from streams.scoring.artifact import artifact_hashes, sha256_of
@@ -30,7 +33,9 @@ from streams.scoring.metadata import (
     OUTPUT_NAME,
     FeatureColumn,
     ModelMetadata,
+    VariantFile,
     sidecar_path,
+    variant_file_name,
 )
 
 MODEL_KINDS = ("lightgbm", "mlp")
@@ -71,8 +76,11 @@ class TrainResult:
     sidecar_path: Path
     card_path: Path
     metadata: ModelMetadata
-    parity_max_abs_diff: float
+    parity_max_abs_diff: float  # the worst variant's
     model: Any  # the fitted native model (LGBMClassifier or sklearn Pipeline)
+    # Each variant's file (the main one is onnx_path) and its max |ONNX - native| on the holdout.
+    variant_paths: dict[str, Path] = field(default_factory=dict)
+    variant_parity: dict[str, float] = field(default_factory=dict)
 
 
 def next_version(out_dir: Path, name: str) -> str:
@@ -168,12 +176,6 @@ def _fit(config: TrainConfig, x: NDArray[np.float32], y: NDArray[np.int8]) -> An
     raise ModelError(f"unknown model kind {config.kind!r}; expected one of {MODEL_KINDS}")
 
 
-def _to_onnx(config: TrainConfig, model: Any, n_features: int) -> Any:
-    if config.kind == "lightgbm":
-        return lightgbm_to_onnx(model, n_features)
-    return sklearn_to_onnx(model, n_features)
-
-
 def _onnx_scores(model_bytes: bytes, x: NDArray[np.float32]) -> NDArray[np.float32]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -200,24 +202,36 @@ def train(
     model = _fit(config, x[train_mask], y[train_mask])
     n_features = len(spec.features)
     name, version = config.model_name, config.version
-    model_bytes = stamp(
-        _to_onnx(config, model, n_features),
-        name=name,
-        version=version,
-        feature_service=spec.name,
-        n_features=n_features,
-    )
-    x_hold, y_hold = x[hold_mask], y[hold_mask]
-    onnx_hold = _onnx_scores(model_bytes, x_hold)
-    native_hold = model.predict_proba(x_hold)[:, 1]
-    parity = float(np.abs(onnx_hold.astype(np.float64) - native_hold).max())
-    if parity > PARITY_TOLERANCE:
-        raise ModelError(
-            f"ONNX export of {name}-{version} disagrees with the native model on the holdout: "
-            f"max |diff| {parity:.3g} > {PARITY_TOLERANCE}"
+    variants = [
+        (
+            variant,
+            stamp(
+                onx,
+                name=name,
+                version=version,
+                feature_service=spec.name,
+                n_features=n_features,
+                variant=variant,
+            ),
         )
+        for variant, onx in export_variants(config.kind, model, n_features)
+    ]
+    x_hold, y_hold = x[hold_mask], y[hold_mask]
+    native_hold = model.predict_proba(x_hold)[:, 1]
+    scores = {variant: _onnx_scores(data, x_hold) for variant, data in variants}
+    parity = {v: float(np.abs(o.astype(np.float64) - native_hold).max()) for v, o in scores.items()}
+    for variant, diff in parity.items():
+        if diff > PARITY_TOLERANCE:
+            raise ModelError(
+                f"ONNX export of {name}-{version} (variant {variant!r}) disagrees with the "
+                f"native model on the holdout: max |diff| {diff:.3g} > {PARITY_TOLERANCE}"
+            )
+    main_variant, model_bytes = variants[0]
+    onnx_hold = scores[main_variant]
     scores_metrics = evaluate.metrics(y_hold, onnx_hold)
-    scores_metrics["onnx_parity_max_abs_diff"] = parity
+    scores_metrics["onnx_parity_max_abs_diff"] = parity[main_variant]
+    for variant, _ in variants[1:]:
+        scores_metrics[f"onnx_parity_max_abs_diff_{variant}"] = parity[variant]
     x_train = x[train_mask]
     meta = ModelMetadata(
         name=name,
@@ -244,8 +258,17 @@ def train(
         params=_params(config, model),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Other variants first, the main file next, the sidecar (which hashes them all) last.
+    variant_paths: dict[str, Path] = {}
+    variant_files: dict[str, VariantFile] = {}
+    for variant, data in variants[1:]:
+        path = out_dir / variant_file_name(meta.model_id, variant)
+        path.write_bytes(data)
+        variant_files[variant] = VariantFile(path.name, _written_sha256(path, data))
+        variant_paths[variant] = path
     onnx_path = out_dir / f"{meta.model_id}.onnx"
     onnx_path.write_bytes(model_bytes)
+    variant_paths = {main_variant: onnx_path, **variant_paths}
     # The sidecar hashes every file the loader will read, as it lies on disk: the model
     # and each external data file it references (none today: stamp() inlines every tensor).
     onnx_sha256, external_data = artifact_hashes(onnx_path)
@@ -254,11 +277,37 @@ def train(
             f"{onnx_path} changed while it was written: sha256 expected "
             f"{sha256_of(model_bytes)} (the exported model), found {onnx_sha256}"
         )
-    meta = replace(meta, onnx_sha256=onnx_sha256, external_data=external_data)
+    meta = replace(
+        meta,
+        onnx_sha256=onnx_sha256,
+        external_data=external_data,
+        main_variant=main_variant,
+        variants=variant_files,
+    )
     meta.write(sidecar_path(onnx_path))
     card = onnx_path.with_suffix(".md")
     card.write_text(model_card(meta))
-    return TrainResult(onnx_path, sidecar_path(onnx_path), card, meta, parity, model)
+    return TrainResult(
+        onnx_path,
+        sidecar_path(onnx_path),
+        card,
+        meta,
+        max(parity.values()),
+        model,
+        variant_paths,
+        parity,
+    )
+
+
+def _written_sha256(path: Path, data: bytes) -> str:
+    """The sha256 of ``path`` as it lies on disk, which must be that of ``data``."""
+    found = sha256_of(path.read_bytes())
+    if found != sha256_of(data):
+        raise ModelError(
+            f"{path} changed while it was written: sha256 expected {sha256_of(data)} "
+            f"(the exported model), found {found}"
+        )
+    return found
 
 
 def _params(config: TrainConfig, model: Any) -> dict[str, Any]:
@@ -289,12 +338,18 @@ def model_card(meta: ModelMetadata) -> str:
         f"\n  + external data `{location}`, sha256 `{digest}`"
         for location, digest in sorted(meta.external_data.items())
     )
+    variants = "".join(
+        f"\n- **Variant `{variant}`:** `{file.file}`, sha256 `{file.sha256}` (ONNX vs "
+        f"native max abs diff {m.get(f'onnx_parity_max_abs_diff_{variant}', math.nan):.2e})"
+        for variant, file in sorted(meta.variants.items())
+    )
+    artifact = f"`{meta.model_id}.onnx` (variant `{meta.main_variant}`)"
 
     return f"""# Model card: {meta.model_id}
 
 - **Kind:** {meta.kind} ({", ".join(f"{k}={v}" for k, v in sorted(meta.params.items()))})
 - **Feature service:** `{meta.feature_service}` ({len(meta.features)} features, order fixed)
-- **Artifact:** `{meta.model_id}.onnx`, sha256 `{meta.onnx_sha256}`{external}
+- **Artifact:** {artifact}, sha256 `{meta.onnx_sha256}`{external}{variants}
 - **Input / output:** `{INPUT_NAME}` float32 [N, {len(meta.features)}] → `{OUTPUT_NAME}` float32 [N]
   (fraud probability); missing values take each feature's declared default.
 

@@ -289,6 +289,15 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=1, ge=0, description="STREAMSCORE_INTRA_OP_THREADS: ONNX Runtime threads."
     )
+    gpu_crossover_rows: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "STREAMSCORE_GPU_CROSSOVER_ROWS: with providers=auto and a GPU, batches of at "
+            "least this many rows score on the GPU, smaller ones on CPU; unset, auto stays "
+            "on CPU. `streamscore bench scorer` measures it (crossover_batch)."
+        ),
+    )
 
     # ClickHouse: chDB in-process by default, any server by URL unchanged.
     clickhouse_dsn: str = Field(

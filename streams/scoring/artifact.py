@@ -10,7 +10,10 @@ protobuf parses; every externally stored tensor points at a file inside the mode
 directory (relative, no ``..``, no symlink out) that exists; the ONNX metadata agrees with
 the sidecar; the sidecar's feature service, feature order, dtypes and defaults equal the
 FeatureServiceSpec the caller serves; the sidecar hashes exactly the external files the
-model references; each external file's sha256 matches and holds every tensor's bytes.
+model references; each external file's sha256 matches and holds every tensor's bytes;
+then each further variant the sidecar lists (``<name>-<version>.<variant>.onnx``): a
+regular file in the model's folder whose sha256 matches, that parses, is self-contained
+(no external data), says it is that variant of that model and has the same signature.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 from streams.errors import ModelError
 from streams.features.spec import FeatureServiceSpec
-from streams.scoring.metadata import ModelMetadata, sidecar_path
+from streams.scoring.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, sidecar_path
 
 __all__ = [
     "Artifact",
@@ -50,17 +53,44 @@ class Artifact:
     """A checked artifact: its sidecar and the exact bytes of every file ONNX Runtime needs.
 
     ``external_data`` maps each external data location, as written in the model, to the
-    contents of that file as read and hashed by ``load_artifact``.
+    contents of that file as read and hashed by ``load_artifact``. ``path`` and
+    ``model_bytes`` are the main variant's; ``variants`` holds every other variant's
+    hashed bytes, and :meth:`for_variant` gives the Artifact a session for one of them
+    is built from.
     """
 
     path: Path
     metadata: ModelMetadata
     model_bytes: bytes
     external_data: Mapping[str, bytes] = field(default_factory=dict)
+    variants: Mapping[str, bytes] = field(default_factory=dict)
+    # None: the main variant; otherwise the variant that path and model_bytes hold.
+    variant_name: str | None = None
 
     @property
     def has_external_data(self) -> bool:
         return bool(self.external_data)
+
+    @property
+    def variant(self) -> str:
+        """The variant ``model_bytes`` is."""
+        return self.variant_name or self.metadata.main_variant
+
+    def for_variant(self, name: str) -> Artifact:
+        """The artifact as variant ``name``: that file's path and the bytes hashed at load."""
+        if name == self.variant:
+            return self
+        if name not in self.variants:
+            raise ModelError(
+                f"model {self.path} has no variant {name!r}; it has "
+                f"{', '.join(self.metadata.variant_names)}"
+            )
+        return Artifact(
+            self.path.with_name(self.metadata.variants[name].file),
+            self.metadata,
+            self.variants[name],
+            variant_name=name,
+        )
 
     def session_model(self, *, initializers_in_memory: bool) -> bytes:
         """The model to hand ``onnxruntime.InferenceSession``, made only of hashed bytes.
@@ -130,7 +160,45 @@ def load_artifact(onnx_path: Path, spec: FeatureServiceSpec | None) -> Artifact:
     for tensor, _ in _all_tensors(model):
         if _is_external(tensor):
             _span(tensor, external, onnx_path)
-    return Artifact(onnx_path, metadata, model_bytes, external)
+    variants = {name: _read_variant(name, metadata, onnx_path) for name in metadata.variants}
+    return Artifact(onnx_path, metadata, model_bytes, external, variants)
+
+
+def _read_variant(name: str, metadata: ModelMetadata, onnx_path: Path) -> bytes:
+    """Read, hash and check one further variant; its bytes are what a session gets."""
+    base = onnx_path.resolve().parent
+    path = onnx_path.with_name(metadata.variants[name].file)
+    where = f"model file {path} (variant {name!r} of {onnx_path.name})"
+    if not path.resolve().is_relative_to(base):
+        raise ModelError(f"{where} resolves to {path.resolve()} outside {base}; {NOT_LOADED}")
+    if not path.exists():
+        raise ModelError(
+            f"{where} does not exist: its sidecar {sidecar_path(onnx_path).name} lists it; "
+            f"{NOT_LOADED}"
+        )
+    data = _read(path, f"variant {name!r} file")
+    found, expected = sha256_of(data), metadata.variants[name].sha256
+    if found != expected:
+        raise ModelError(
+            f"{where} is corrupt or was replaced: sha256 expected {expected} (from "
+            f"{sidecar_path(onnx_path).name}), found {found} ({len(data)} bytes); {NOT_LOADED}"
+        )
+    model = _parse(path, data)
+    if any(_is_external(t) for t, _ in _all_tensors(model)):
+        raise ModelError(
+            f"{where} stores tensors in external data files; a variant other than the main "
+            f"one must be self-contained; {NOT_LOADED}"
+        )
+    _check_onnx_metadata(model, metadata, path, variant=name)
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    outputs = [o.name for o in model.graph.output]
+    if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
+        raise ModelError(
+            f"{where}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r} like the main "
+            f"file, found inputs {inputs} and outputs {outputs}; {NOT_LOADED}"
+        )
+    return data
 
 
 def artifact_hashes(onnx_path: Path) -> tuple[str, dict[str, str]]:
@@ -334,7 +402,11 @@ def _span(tensor: Any, external: Mapping[str, bytes], onnx_path: Path) -> tuple[
     return location, offset, length
 
 
-def _check_onnx_metadata(model: Any, metadata: ModelMetadata, onnx_path: Path) -> None:
+def _check_onnx_metadata(
+    model: Any, metadata: ModelMetadata, onnx_path: Path, *, variant: str | None = None
+) -> None:
+    """The ONNX metadata names this model; ``streamscore.variant``, which files written
+    before variants lack, must name the variant the sidecar says the file is."""
     props = {p.key: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
     expected = {
         f"{META_PREFIX}name": metadata.name,
@@ -342,6 +414,9 @@ def _check_onnx_metadata(model: Any, metadata: ModelMetadata, onnx_path: Path) -
         f"{META_PREFIX}feature_service": metadata.feature_service,
         f"{META_PREFIX}n_features": str(len(metadata.features)),
     }
+    variant_key = f"{META_PREFIX}variant"
+    if variant is not None or variant_key in props:
+        expected[variant_key] = variant or metadata.main_variant
     for key, want in expected.items():
         if props.get(key) != want:
             raise ModelError(

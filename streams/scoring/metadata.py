@@ -5,11 +5,20 @@ sidecar is the contract the loader checks against the feature service before ser
 it holds the sha256 of every file ONNX Runtime will read: the ``.onnx`` itself
 (``onnx_sha256``) and each external data file it references (``external_data``, keyed by
 the location written in the model, relative to the model's folder).
+
+A model may come in more than one variant, each a whole ONNX graph with the same input and
+output. The main variant is ``<name>-<version>.onnx`` itself (``main_variant``: ``trees``
+for LightGBM, ``default`` otherwise; its sha256 is ``onnx_sha256``); every other one is in
+``variants`` (name -> file and sha256): LightGBM adds ``tensor``,
+``<name>-<version>.tensor.onnx``, made of operators a GPU runs (see ``models/tensorise.py``).
+Sidecars written before variants existed have neither field and read as one ``default``
+variant, the main file.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,24 +27,48 @@ from streams.errors import ModelError
 from streams.scoring.decide import Thresholds
 
 __all__ = [
+    "DEFAULT_VARIANT",
     "FORMAT_VERSION",
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "TENSOR_VARIANT",
+    "TREES_VARIANT",
     "FeatureColumn",
     "Histogram",
     "ModelMetadata",
+    "VariantFile",
     "sidecar_path",
+    "variant_file_name",
 ]
 
 FORMAT_VERSION = 1
 # Every artifact, whatever the model kind, has one float32 input [N, F] and one float32 output [N].
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
+# Variant names: the main file of a model with one variant, LightGBM's tree-ensemble
+# operator graph (CPU only in ONNX Runtime), and its plain tensor-op graph (runs on a GPU).
+DEFAULT_VARIANT = "default"
+TREES_VARIANT = "trees"
+TENSOR_VARIANT = "tensor"
+_VARIANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def sidecar_path(onnx_path: Path) -> Path:
     """``<name>-<version>.json`` next to ``<name>-<version>.onnx``."""
     return onnx_path.with_suffix(".json")
+
+
+def variant_file_name(model_id: str, variant: str) -> str:
+    """``<model_id>.<variant>.onnx``: where a variant other than the main one lives."""
+    return f"{model_id}.{variant}.onnx"
+
+
+@dataclass(frozen=True, slots=True)
+class VariantFile:
+    """One extra variant: its file (a plain name in the model's folder) and that file's sha256."""
+
+    file: str
+    sha256: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +127,9 @@ class ModelMetadata:
     feature_baselines: dict[str, Histogram] = field(default_factory=dict)
     score_baseline: Histogram | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # The main file's variant name, and every other variant (name -> file and sha256).
+    main_variant: str = DEFAULT_VARIANT
+    variants: dict[str, VariantFile] = field(default_factory=dict)
 
     @property
     def model_id(self) -> str:
@@ -103,6 +139,18 @@ class ModelMetadata:
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        """The main variant first, then the others in name order."""
+        return (self.main_variant, *sorted(self.variants))
+
+    def variant_files(self) -> dict[str, VariantFile]:
+        """Every variant's file and sha256, the main one first."""
+        return {
+            self.main_variant: VariantFile(f"{self.model_id}.onnx", self.onnx_sha256),
+            **{name: self.variants[name] for name in sorted(self.variants)},
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +174,10 @@ class ModelMetadata:
             "params": self.params,
             "onnx_sha256": self.onnx_sha256,
             "external_data": dict(self.external_data),
+            "main_variant": self.main_variant,
+            "variants": {
+                name: {"file": v.file, "sha256": v.sha256} for name, v in self.variants.items()
+            },
         }
 
     def write(self, path: Path) -> None:
@@ -164,9 +216,12 @@ class ModelMetadata:
             )
             baselines = data.get("baselines") or {}
             score = baselines.get("score")
+            name, version = str(data["name"]), str(data["version"])
+            main_variant = str(data.get("main_variant", DEFAULT_VARIANT))
+            variants = _variants(data.get("variants"), f"{name}-{version}", main_variant, where)
             return cls(
-                name=str(data["name"]),
-                version=str(data["version"]),
+                name=name,
+                version=version,
                 kind=str(data["kind"]),
                 feature_service=str(data["feature_service"]),
                 features=features,
@@ -183,6 +238,8 @@ class ModelMetadata:
                 if score is not None
                 else None,
                 params=dict(data.get("params") or {}),
+                main_variant=main_variant,
+                variants=variants,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(
@@ -207,3 +264,51 @@ def _external_data(value: Any, where: str) -> dict[str, str]:
             f"sha256 (both strings), found {value!r}"
         )
     return dict(value)
+
+
+def _variants(value: Any, model_id: str, main_variant: str, where: str) -> dict[str, VariantFile]:
+    """The variants other than the main one, from the sidecar's ``variants`` field.
+
+    Absent (a sidecar from before variants, or a model with one variant): none. Each
+    entry names the plain file ``<model_id>.<name>.onnx`` beside the main file and its
+    sha256; names are lower-case identifiers, so no entry can point anywhere else.
+    """
+    if not _VARIANT_NAME.match(main_variant):
+        raise ModelError(
+            f"{where}: main_variant {main_variant!r} is not a lower-case identifier (a-z, 0-9, _)"
+        )
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ModelError(
+            f"{where}: 'variants' must map each variant name to its file and sha256, "
+            f"found {value!r}"
+        )
+    variants: dict[str, VariantFile] = {}
+    for name, entry in value.items():
+        if not isinstance(name, str) or not _VARIANT_NAME.match(name):
+            raise ModelError(
+                f"{where}: variant name {name!r} is not a lower-case identifier (a-z, 0-9, _)"
+            )
+        if name == main_variant:
+            raise ModelError(
+                f"{where}: variant {name!r} is the main variant (the file {model_id}.onnx, "
+                f"hashed by onnx_sha256) and cannot be listed again in 'variants'"
+            )
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("file"), str)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            raise ModelError(
+                f"{where}: variant {name!r} needs a 'file' and a 'sha256' (strings), "
+                f"found {entry!r}"
+            )
+        expected = variant_file_name(model_id, name)
+        if entry["file"] != expected:
+            raise ModelError(
+                f"{where}: variant {name!r} names file {entry['file']!r}, expected "
+                f"{expected!r} (beside {model_id}.onnx)"
+            )
+        variants[name] = VariantFile(entry["file"], entry["sha256"])
+    return variants

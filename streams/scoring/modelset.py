@@ -125,6 +125,7 @@ class ModelSet:
                 spec,
                 providers=settings.providers,
                 intra_op_threads=settings.intra_op_threads,
+                gpu_crossover_rows=settings.gpu_crossover_rows,
             )
 
         champion = load(config.champion)

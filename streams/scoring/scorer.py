@@ -8,6 +8,10 @@ can initialise here (the driver answers, a device exists, the CUDA libraries it 
 load), so a CPU machine with ``onnxruntime-gpu`` installed gets no red "Failed to load
 library libonnxruntime_providers_cuda.so" lines; each model then reports the provider it
 runs on in one log line.
+
+Which variant of the model each session runs, and when a scorer holds two (auto mode
+with a GPU: the GPU for batches at or above STREAMSCORE_GPU_CROSSOVER_ROWS, CPU below):
+:mod:`streams.scoring.variants`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from streams.scoring.artifact import Artifact, load_artifact
 from streams.scoring.decide import Decisions, decide
 from streams.scoring.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from streams.scoring.providers import CPU, CUDA, GPU_PROVIDERS, TENSORRT, select_providers
+from streams.scoring.variants import SessionPlan, plan_sessions, routes_to_gpu
 
 __all__ = ["ProviderChoice", "Scorer", "choose_providers", "gpu_unavailable"]
 
@@ -56,6 +61,9 @@ class Scorer:
         providers: str = "auto",
         intra_op_threads: int = 1,
         io_binding: bool | None = None,
+        gpu_crossover_rows: int | None = None,
+        variant: str | None = None,
+        plan: SessionPlan | None = None,
     ) -> None:
         self.metadata: ModelMetadata = artifact.metadata
         self.path = artifact.path
@@ -65,18 +73,21 @@ class Scorer:
             [f.default for f in meta.features], dtype=np.float32
         )
         choice = choose_providers(providers)
-        requested = list(choice.providers)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        # Small graphs on a small machine: one inter-op thread, nodes run in order.
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning worker threads burn a core waiting for work; cores here are shared.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # ONNX Runtime's own warnings stay quiet; the one line below says what runs.
-        options.log_severity_level = 3
-        self.session = _open_session(artifact, options, requested)
+        # Which variant on which provider, and a CPU session for small batches in auto
+        # mode with a GPU (streams.scoring.variants); tests inject ``plan``.
+        if plan is None:
+            plan = plan_sessions(
+                meta,
+                providers,
+                choice.providers,
+                gpu_crossover_rows=gpu_crossover_rows,
+                variant=variant,
+            )
+        requested = list(plan.providers)
+        self.session, self.variant, self._cpu_session = _open_sessions(
+            artifact, plan, lambda: _session_options(intra_op_threads)
+        )
+        self.gpu_from_rows = plan.gpu_from_rows if self._cpu_session is not None else None
         self.requested_providers: tuple[str, ...] = tuple(requested)
         self.providers: tuple[str, ...] = tuple(self.session.get_providers())
         self.provider: str = self.providers[0]
@@ -91,6 +102,8 @@ class Scorer:
             if fell_back
             else (f"; {choice.skipped}" if choice.skipped else "")
         )
+        if plan.note and not fell_back:
+            why += f"; {plan.note}"
         level = (
             logging.WARNING if fell_back or (choice.skipped and choice.gpu_asked) else logging.INFO
         )
@@ -113,10 +126,16 @@ class Scorer:
         *,
         providers: str = "auto",
         intra_op_threads: int = 1,
+        gpu_crossover_rows: int | None = None,
+        variant: str | None = None,
     ) -> Scorer:
         """Check the artifact against ``spec`` (see ``load_artifact``) and open a session."""
         return cls(
-            load_artifact(onnx_path, spec), providers=providers, intra_op_threads=intra_op_threads
+            load_artifact(onnx_path, spec),
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            gpu_crossover_rows=gpu_crossover_rows,
+            variant=variant,
         )
 
     @property
@@ -144,7 +163,8 @@ class Scorer:
 
     def warm_up(self) -> None:
         """Run default-valued batches so the first real batch pays no allocation or JIT cost."""
-        for n in WARMUP_BATCH_SIZES:
+        # A two-session scorer warms its GPU session with a batch at the crossover too.
+        for n in sorted({*WARMUP_BATCH_SIZES, self.gpu_from_rows or WARMUP_BATCH_SIZES[0]}):
             out = self.score(np.tile(self.defaults, (n, 1)))
             if out.shape != (n,) or not np.isfinite(out).all():
                 raise ModelError(
@@ -181,7 +201,9 @@ class Scorer:
         x = self.prepare(x, missing)
         if x.shape[0] == 0:
             return np.empty(0, dtype=np.float32)
-        if self._io_binding:
+        if self._cpu_session is not None and not routes_to_gpu(len(x), self.gpu_from_rows):
+            out = self._cpu_session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]  # small: CPU
+        elif self._io_binding:
             binding = self.session.io_binding()
             binding.bind_cpu_input(INPUT_NAME, x)
             binding.bind_output(OUTPUT_NAME, "cpu")
@@ -297,6 +319,39 @@ def _unloadable(names: Sequence[str]) -> list[str]:
         except OSError:
             missing.append(name)
     return missing
+
+
+def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    # Small graphs on a small machine: one inter-op thread, nodes run in order.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads burn a core waiting for work; cores here are shared.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ONNX Runtime's own warnings stay quiet; the one line below says what runs.
+    options.log_severity_level = 3
+    return options
+
+
+def _open_sessions(
+    artifact: Artifact, plan: SessionPlan, options: Callable[[], ort.SessionOptions]
+) -> tuple[ort.InferenceSession, str, ort.InferenceSession | None]:
+    """``(main session, its variant, CPU session for small batches or None)`` for ``plan``.
+
+    A GPU session that ONNX Runtime put on CPU after all is reopened on the CPU variant
+    (the tensor variant is several times slower on CPU), and then no second session.
+    """
+    main = _open_session(artifact.for_variant(plan.variant), options(), list(plan.providers))
+    if plan.on_gpu and main.get_providers()[0] not in GPU_PROVIDERS:
+        if plan.variant != plan.cpu_variant:
+            main = _open_session(artifact.for_variant(plan.cpu_variant), options(), [CPU])
+        return main, plan.cpu_variant, None
+    if plan.gpu_from_rows is None:
+        return main, plan.variant, None
+    small = _open_session(artifact.for_variant(plan.cpu_variant), options(), [CPU])
+    return main, plan.variant, small
 
 
 def _open_session(

@@ -378,7 +378,9 @@ def test_model_without_external_data_reaches_onnxruntime_as_the_hashed_bytes(
 def test_failed_reload_names_the_file_and_keeps_the_old_models(
     model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = SimpleNamespace(models_dir=model.parent.parent, providers="cpu", intra_op_threads=1)
+    settings = SimpleNamespace(
+        models_dir=model.parent.parent, providers="cpu", intra_op_threads=1, gpu_crossover_rows=None
+    )
     config = RegistryConfig(champion=MODEL_ID)
     holder = ModelHolder()
     first = holder.swap(lambda: ModelSet.from_registry(settings, SPEC, config))

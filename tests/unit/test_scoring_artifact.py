@@ -27,8 +27,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
 
 @pytest.fixture
 def artifact(trained: TrainResult, tmp_path: Path) -> Path:
-    """A fresh copy of the trained artifact that each test may damage."""
-    for p in (trained.onnx_path, trained.sidecar_path):
+    """A fresh copy of the trained artifact (every variant) that each test may damage."""
+    for p in (*trained.variant_paths.values(), trained.sidecar_path):
         shutil.copy(p, tmp_path / p.name)
     return tmp_path / trained.onnx_path.name
 

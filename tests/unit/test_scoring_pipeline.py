@@ -108,7 +108,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> ModelSet:
             ],
         }
     )
-    settings = SimpleNamespace(models_dir=root, providers="cpu", intra_op_threads=1)
+    settings = SimpleNamespace(
+        models_dir=root, providers="cpu", intra_op_threads=1, gpu_crossover_rows=None
+    )
     return ModelSet.from_registry(settings, SPEC, config)
 
 

@@ -165,7 +165,9 @@ def test_same_batch_same_decisions_across_provider_settings(
 
 
 def _settings(models_dir: Path) -> SimpleNamespace:
-    return SimpleNamespace(models_dir=models_dir, providers="cpu", intra_op_threads=1)
+    return SimpleNamespace(
+        models_dir=models_dir, providers="cpu", intra_op_threads=1, gpu_crossover_rows=None
+    )
 
 
 def test_model_set_shadow_scores_everything_canary_decides_its_share(
