@@ -63,6 +63,7 @@ from streams.scoring.pipeline import (
     review_messages,
     score_events,
 )
+from streams.scoring.placement import Placement
 from streams.scoring.registry import registry_path
 from streams.settings import Settings
 from streams.sinks.clickhouse import SourceMarks
@@ -84,7 +85,8 @@ RELOAD_EVERY_S = 30.0
 
 
 def model_rows(models: ModelSet, settings: Settings) -> list[list[object]]:
-    """Rows for the ``models`` table: what a prediction's feature vector means, and its card."""
+    """Rows for the ``models`` table: what a prediction's feature vector means, its card,
+    and where its nodes run (``Scorer.placement``)."""
     scorers = [models.champion, *(c.scorer for c in models.challengers)]
     rows: list[list[object]] = []
     for s in scorers:
@@ -101,6 +103,10 @@ def model_rows(models: ModelSet, settings: Settings) -> list[list[object]]:
                 meta.onnx_sha256,
                 s.provider,
                 settings.worker_id,
+                dict(s.placement.nodes_by_provider),
+                dict(s.placement.share_by_provider),
+                s.placement.cuda_capable,
+                [str(op) for op in s.placement.without_cuda_kernel],
             ]
         )
     return rows
@@ -127,6 +133,10 @@ MODEL_COLUMNS = (
     "artifact_sha256",
     "provider",
     "worker_id",
+    "nodes_by_provider",  # migration 0009
+    "compute_share_by_provider",
+    "cuda_capable",
+    "without_cuda_kernel",
 )
 
 
@@ -228,9 +238,17 @@ class Scoring:
             *((c.scorer.model_id, c.role, c.scorer.provider) for c in models.challengers),
         ]
 
+    def served_placement(self) -> dict[str, Placement]:
+        """Where each serving model's nodes run, by model id."""
+        models = self.holder.current
+        scorers = [models.champion, *(c.scorer for c in models.challengers)]
+        return {s.model_id: s.placement for s in scorers}
+
     def record_models(self) -> None:
         """Record the serving models (and their drift baselines): rows for the sink stage,
-        confirmed with the next batch's flush."""
+        confirmed with the next batch's flush, and the model gauges on /metrics."""
+        if self.metrics is not None:  # (set once the agent is attached)
+            self.metrics.set_models(self.served_models(), self.served_placement())
         models = model_rows(self.holder.current, self.settings)
         messages = [encode_rows("models", MODEL_COLUMNS, models)]
         if self.drift is not None:
@@ -493,7 +511,7 @@ def register_score_agent(
     state = scoring() if scoring else Scoring(settings, reads, registry=registry)
     state.metrics = metrics
     if metrics is not None:
-        metrics.set_models(state.served_models())
+        metrics.set_models(state.served_models(), state.served_placement())
     agent = BatchAgent(
         settings,
         "score",

@@ -19,6 +19,7 @@ from streams.settings import Settings
 
 if TYPE_CHECKING:
     from streams.runtime.control import ModelsAction
+    from streams.scoring.artifact import Artifact
     from streams.scoring.evidence import Query
     from streams.scoring.registry import RegistryConfig
 
@@ -396,36 +397,97 @@ def retire(settings: Settings, model_id: str) -> None:
 
 
 @model.command()
+@click.option(
+    "--placement",
+    "show_placement",
+    is_flag=True,
+    help="Also where each model's nodes run (the profile of its warm-up) and whether each "
+    "variant's graph has a CUDA kernel for every operator.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object keyed by model id.")
 @click.pass_obj
-def verify(settings: Settings) -> None:
+def verify(settings: Settings, show_placement: bool, as_json: bool) -> None:
     """Load every registered model as the worker would: hashes, features, session, warm-up.
 
     The sha256 of each .onnx and of every external data file it references is checked
     against its sidecar, and the session is built from the bytes that were checked.
+    --placement adds the nodes per execution provider and their share of the node time
+    (ONNX Runtime's session profile), and cuda_capable per variant, decided from the graph
+    without a GPU; --json prints all of it as JSON.
     """
+    import json
+
+    from streams.scoring.artifact import load_artifact
     from streams.scoring.registry import artifact_path, load_registry
     from streams.scoring.scorer import Scorer
 
-    console = Console()
+    console = Console(stderr=as_json)  # with --json, stdout holds the JSON alone
     config = load_registry(_registry_file(settings))
     if config.champion is None:
         console.print(f"no champion yet in {_registry_file(settings)}")
+        if as_json:
+            click.echo("{}")
         return
     spec = _spec_or_none(settings, console)
     failures = 0
+    report: dict[str, dict[str, Any]] = {}
     roles = {config.champion: "champion", **{c.model: c.role for c in config.challengers}}
     for model_id, role in roles.items():
         try:
-            scorer = Scorer.load(
-                artifact_path(settings.models_dir, model_id),
-                spec,
+            artifact = load_artifact(artifact_path(settings.models_dir, model_id), spec)
+            scorer = Scorer(
+                artifact,
                 providers=settings.providers,
                 intra_op_threads=settings.intra_op_threads,
+                gpu_crossover_rows=settings.gpu_crossover_rows,
             )
+            variants = _variant_capability(artifact)
         except StreamscoreError as exc:
             failures += 1
+            report[model_id] = {"role": role, "ok": False, "error": str(exc)}
             console.print(f"[red]FAIL[/] {model_id} ({role}): {exc}")
             continue
-        console.print(f"[green]ok[/] {model_id} ({role}) on {scorer.provider}")
+        placement = scorer.placement
+        report[model_id] = {
+            "role": role,
+            "ok": True,
+            "variant": scorer.variant,
+            **placement.to_dict(),
+            "variants": variants,
+        }
+        if as_json:
+            continue
+        console.print(f"[green]ok[/] {model_id} ({role}) on {scorer.provider}", soft_wrap=True)
+        if show_placement:
+            shares = ", ".join(
+                f"{n} on {p} ({placement.share_by_provider.get(p, 0.0):.0%} of node time)"
+                for p, n in sorted(placement.nodes_by_provider.items())
+            )
+            capable = ", ".join(
+                f"{name} {'yes' if v['cuda_capable'] else 'no'}"
+                + (
+                    f" (no CUDA kernel for {', '.join(v['without_cuda_kernel'])})"
+                    if v["without_cuda_kernel"]
+                    else ""
+                )
+                for name, v in variants.items()
+            )
+            console.print(
+                f"  variant {scorer.variant}: {shares or 'no node profiled'}", soft_wrap=True
+            )
+            console.print(f"  cuda_capable: {capable}", soft_wrap=True)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
     if failures:
         raise ModelError(f"{failures} of {len(roles)} registered models failed to load")
+
+
+def _variant_capability(artifact: Artifact) -> dict[str, dict[str, Any]]:
+    """Per variant of ``artifact``: whether every operator of its graph has a CUDA kernel."""
+    from streams.scoring.placement import cuda_kernel_gaps
+
+    found: dict[str, dict[str, Any]] = {}
+    for name in artifact.metadata.variant_names:
+        gaps = cuda_kernel_gaps(artifact.for_variant(name).model_bytes)
+        found[name] = {"cuda_capable": not gaps, "without_cuda_kernel": [str(g) for g in gaps]}
+    return found

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -31,6 +31,7 @@ __all__ = [
     "LATENCY_STAGES",
     "OUTCOMES",
     "BulkHistogram",
+    "NodePlacement",
     "WorkerMetrics",
     "consumer_lag",
     "register_metrics_endpoint",
@@ -151,6 +152,60 @@ class _LagCollector(Collector):
         yield family
 
 
+class NodePlacement(Protocol):
+    """Where one model's compute nodes run (``streams.scoring.placement.Placement``)."""
+
+    @property
+    def nodes_by_provider(self) -> Mapping[str, int]: ...
+
+    @property
+    def share_by_provider(self) -> Mapping[str, float]: ...
+
+    @property
+    def cuda_capable(self) -> bool: ...
+
+
+class _PlacementCollector(Collector):
+    """Nodes, node-time share per provider and CUDA capability of the served models:
+    replaced wholesale with the model set, so a retired model's series disappear."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._placement: dict[str, NodePlacement] = {}
+
+    def set(self, placement: Mapping[str, NodePlacement]) -> None:
+        with self._lock:
+            self._placement = dict(placement)
+
+    def collect(self) -> Iterator[Metric]:
+        nodes = GaugeMetricFamily(
+            "streamscore_model_nodes",
+            "Compute nodes of a served model's session per ONNX Runtime execution provider "
+            "(from the profile of its warm-up; Memcpy nodes not counted).",
+            labels=("model_version", "provider"),
+        )
+        share = GaugeMetricFamily(
+            "streamscore_model_compute_share",
+            "Share (0-1) of a served model's profiled node time per execution provider.",
+            labels=("model_version", "provider"),
+        )
+        capable = GaugeMetricFamily(
+            "streamscore_model_cuda_capable",
+            "1 when every operator of the model's graph has a CUDA kernel in ONNX Runtime.",
+            labels=("model_version",),
+        )
+        with self._lock:
+            snapshot = dict(self._placement)
+        for version in sorted(snapshot):
+            where = snapshot[version]
+            for provider, n in sorted(where.nodes_by_provider.items()):
+                nodes.add_metric([version, provider], float(n))
+            for provider, fraction in sorted(where.share_by_provider.items()):
+                share.add_metric([version, provider], float(fraction))
+            capable.add_metric([version], 1.0 if where.cuda_capable else 0.0)
+        yield from (nodes, share, capable)
+
+
 def consumer_lag(consumer: Any) -> dict[tuple[str, int], int]:
     """Lag per assigned partition of a confluent-kafka ``Consumer``, from local state only.
 
@@ -217,10 +272,14 @@ class WorkerMetrics:
         self._lag_due: dict[str, float] = {}
         self.model_info = Gauge(
             "streamscore_model_info",
-            "1 for each model this worker serves, with its role and ONNX Runtime provider.",
+            "1 for each model this worker serves, with its role and what runs it (CUDA only "
+            "when every compute node is on CUDA, else e.g. 'CUDAExecutionProvider (partial: "
+            "3 of 12 nodes on CPU)').",
             ("model_version", "role", "provider"),
             registry=registry,
         )
+        self._placement = _PlacementCollector()
+        registry.register(self._placement)
         self.drift_psi = Gauge(
             "streamscore_drift_psi",
             "Population stability index of a feature (or __score__) in the last closed window.",
@@ -282,11 +341,17 @@ class WorkerMetrics:
         """The last lag recorded for ``group``."""
         return self._lag.get(group)
 
-    def set_models(self, models: Iterable[tuple[str, str, str]]) -> None:
-        """The models served now, as ``(model_version, role, provider)``; replaces the last set.
+    def set_models(
+        self,
+        models: Iterable[tuple[str, str, str]],
+        placement: Mapping[str, NodePlacement] | None = None,
+    ) -> None:
+        """The models served now, as ``(model_version, role, provider)``, and where each
+        one's nodes run (``placement`` by model version); replaces the last set.
 
-        Models no longer served drop to 0 (``clear()`` is unsupported when Feast has put
-        prometheus_client in multi-process mode through PROMETHEUS_MULTIPROC_DIR).
+        Models no longer served drop to 0 in ``streamscore_model_info`` (``clear()`` is
+        unsupported when Feast has put prometheus_client in multi-process mode through
+        PROMETHEUS_MULTIPROC_DIR); the placement gauges hold the current set only.
         """
         current = {tuple(m) for m in models}
         for labels in self._served - current:
@@ -294,6 +359,7 @@ class WorkerMetrics:
         for labels in current:
             self.model_info.labels(*labels).set(1)
         self._served = current
+        self._placement.set(placement or {})
 
     def set_drift(self, model_version: str, feature: str, psi: float, alert: bool) -> None:
         """The drift code's result for one feature of one model in the last closed window."""

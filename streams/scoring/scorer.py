@@ -37,6 +37,7 @@ from streams.features.spec import FeatureServiceSpec
 from streams.scoring.artifact import Artifact, load_artifact
 from streams.scoring.decide import Decisions, decide
 from streams.scoring.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from streams.scoring.placement import Placement, Profiles
 from streams.scoring.providers import CPU, CUDA, GPU_PROVIDERS, TENSORRT, select_providers
 from streams.scoring.variants import SessionPlan, plan_sessions, routes_to_gpu
 
@@ -50,8 +51,11 @@ WARMUP_BATCH_SIZES = (1, 64)
 class Scorer:
     """Scores rows × features float32 matrices (columns in feature-service order).
 
-    ``provider`` is the execution provider ONNX Runtime actually uses, read back from
-    the session after creation (it may differ from what was requested).
+    ``provider`` is what runs the model, from the profile of the session's warm-up:
+    ``CUDAExecutionProvider`` only when every compute node runs on CUDA, else the
+    provider that runs them with the share elsewhere ("... (partial: 3 of 12 nodes on
+    CPU)"); ``providers`` is what the session registered (``get_providers()``), which may
+    differ from what was requested; ``placement`` is the whole :class:`Placement`.
     """
 
     def __init__(
@@ -84,8 +88,10 @@ class Scorer:
                 variant=variant,
             )
         requested = list(plan.providers)
+        # Where the nodes run: each session's warm-up is profiled (streams.scoring.placement).
+        profiles = Profiles()
         self.session, self.variant, self._cpu_session = _open_sessions(
-            artifact, plan, lambda: _session_options(intra_op_threads)
+            artifact, plan, profiles.options(lambda: _session_options(intra_op_threads))
         )
         self.gpu_from_rows = plan.gpu_from_rows if self._cpu_session is not None else None
         self.requested_providers: tuple[str, ...] = tuple(requested)
@@ -95,10 +101,18 @@ class Scorer:
         self.on_gpu = self.provider in GPU_PROVIDERS
         # IO binding avoids an extra output copy on GPU; on CPU a plain run is simplest and as fast.
         self._io_binding = self.on_gpu if io_binding is None else io_binding
+        self.warm_up()
+        self.placement: Placement = profiles.finish(
+            self.session, artifact.for_variant(self.variant).model_bytes, also=[self._cpu_session]
+        )
+        # The truth, not get_providers()[0]: CUDA only when every compute node runs there
+        # (a CUDA session runs an ai.onnx.ml tree ensemble on CPU), else what runs it.
+        self.provider = self.placement.provider
+        self.on_gpu = self.placement.on_gpu
         # One line per model: what runs, and why not the GPU when one was asked for.
         fell_back = requested[0] != CPU and self.provider == CPU
         why = (
-            f"; {requested[0]} was requested but ONNX Runtime fell back to CPU"
+            f"; {requested[0]} was requested but ONNX Runtime runs every node on CPU"
             if fell_back
             else (f"; {choice.skipped}" if choice.skipped else "")
         )
@@ -109,14 +123,14 @@ class Scorer:
         )
         log.log(
             level,
-            "model %s loaded from %s: provider in use %s (requested %s%s)",
+            "model %s loaded from %s: provider in use %s (requested %s%s); %s",
             meta.model_id,
             artifact.path,
             self.provider,
             ", ".join(requested),
             why,
+            self.placement.describe(),
         )
-        self.warm_up()
 
     @classmethod
     def load(
