@@ -100,7 +100,46 @@ def sklearn_to_onnx(pipeline: Any, n_features: int) -> onnx.ModelProto:
         options={"zipmap": False},
         target_opset=TARGET_OPSET,
     )
-    return _positive_class_only(onx)
+    return _positive_class_only(_scaler_as_standard_ops(onx))
+
+
+def _scaler_as_standard_ops(onx: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite each ``ai.onnx.ml`` Scaler as ``(x - offset) * scale`` (Sub, Mul).
+
+    skl2onnx exports a StandardScaler as ``ai.onnx.ml:Scaler``, which ONNX Runtime runs on
+    CPU only: in a CUDA session it would pull the MLP's first step back to the host with a
+    copy either side. Sub and Mul compute the same float32 result and have CUDA kernels.
+    """
+    graph = onx.graph
+    rewritten: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.domain != "ai.onnx.ml" or node.op_type != "Scaler":
+            rewritten.append(node)
+            continue
+        attrs = {a.name: list(helper.get_attribute_value(a)) for a in node.attribute}
+        offset = np.asarray(attrs.get("offset", [0.0]), dtype=np.float32)
+        scale = np.asarray(attrs.get("scale", [1.0]), dtype=np.float32)
+        prefix = node.name or node.output[0]
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(offset, f"{prefix}_offset"),
+                numpy_helper.from_array(scale, f"{prefix}_scale"),
+            ]
+        )
+        centred = f"{prefix}_centred"
+        rewritten.append(
+            helper.make_node(
+                "Sub", [node.input[0], f"{prefix}_offset"], [centred], name=f"{prefix}_sub"
+            )
+        )
+        rewritten.append(
+            helper.make_node(
+                "Mul", [centred, f"{prefix}_scale"], list(node.output), name=f"{prefix}_mul"
+            )
+        )
+    del graph.node[:]
+    graph.node.extend(rewritten)
+    return onx
 
 
 def _positive_class_only(onx: onnx.ModelProto) -> onnx.ModelProto:

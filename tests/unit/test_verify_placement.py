@@ -67,7 +67,7 @@ def test_verify_placement_json_says_every_node_runs_on_cpu(settings: Settings) -
     assert trees["variants"][trees["variant"]]["without_cuda_kernel"] == [TREES]
     mlp = report["fraud_mlp-1"]
     assert mlp["role"] == "shadow" and mlp["providers"] == [CPU]
-    assert mlp["cuda_capable"] is False and mlp["without_cuda_kernel"] == ["ai.onnx.ml:Scaler"]
+    assert mlp["cuda_capable"] is True and mlp["without_cuda_kernel"] == []
 
 
 def test_verify_placement_prints_nodes_and_capability(settings: Settings) -> None:
