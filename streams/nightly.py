@@ -5,6 +5,13 @@ call. A failing dbt test stops the run before anything is exported or materialis
 run, good or bad, is recorded in ClickHouse ``feature_runs``, and workers swap to the
 features of the newest successful run (``OnlineFeatures.refresh_if_newer``).
 
+Each run keeps what it serves (its nightly date's export of every view) read-only under
+its run id (``streams.features.run_exports``): the live worker loads a run by that id, and
+``streamscore replay`` reloads the same bytes for events of that run's time, even after a
+rerun or a backfill overwrote the dated files Feast reads. A failed run's folder is
+removed; after each successful run, runs past ``STREAMSCORE_FEATURE_RUN_RETENTION_DAYS``
+(90) are pruned (``runs.runs_to_prune`` says which are kept).
+
 dbt and Feast talk a lot (dbt's run log, Feast's prints, progress bars and log records).
 ``run_nightly(output=path)`` appends all of it to one file instead of the console, so a
 caller with its own display (the demo, a worker's log) keeps it clean; dbt also keeps its
@@ -30,7 +37,12 @@ from typing import TYPE_CHECKING, TextIO
 
 from streams.errors import FeatureError, StreamscoreError
 from streams.features.paths import dbt_state_dir, duckdb_path, export_path
-from streams.features.runs import NightlyRun, record_run
+from streams.features.run_exports import (
+    discard_run_export,
+    keep_run_export,
+    prune_run_exports,
+)
+from streams.features.runs import NightlyRun, record_run, successful_runs
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -155,11 +167,19 @@ def _run_nightly(
                 _dbt_build(settings, start, end, progress, log)
             with step("export"):
                 rows.update(_export(settings, layout, start, end))
+                keep_run_export(
+                    settings,
+                    run_id,
+                    end,
+                    layout.spec.name,
+                    {view.model: export_path(settings, view.model, end) for view in layout.views},
+                )
             with step("feast_apply"), feast_output_to(log):
                 store = _feast_apply(settings)
             with step("materialize"), feast_output_to(log):
                 _materialize(store, layout, end)
         except Exception as exc:
+            discard_run_export(settings, run_id)  # only successful runs are served or replayed
             message = (
                 str(exc) if isinstance(exc, StreamscoreError) else f"{type(exc).__name__}: {exc}"
             )
@@ -184,10 +204,25 @@ def _run_nightly(
         )  # fmt: skip
         record_run(ch, settings.clickhouse_database, run)
         progress(f"recorded run {run_id}")
+        _prune(settings, ch, progress)
         return run
     finally:
         if owns_client:
             ch.close()
+
+
+def _prune(settings: Settings, client: Client, progress: Progress) -> None:
+    """Remove run folders past the retention window; a failure is logged (the run stands)."""
+    try:
+        history = successful_runs(client, settings.clickhouse_database, None)  # every service
+        pruned = prune_run_exports(settings, history)
+    except (StreamscoreError, OSError) as exc:
+        logging.getLogger("streams.nightly").warning(
+            "pruning kept nightly runs failed (they stay on disk): %s", exc
+        )
+        return
+    if pruned:
+        progress(f"pruned {len(pruned)} runs older than {settings.feature_run_retention_days} days")
 
 
 def _dbt_executable() -> str:

@@ -276,6 +276,14 @@ class Settings(BaseSettings):
         default="",
         description="STREAMSCORE_NIGHTLY_CRON: run nightly in the worker (e.g. 0 2 * * *).",
     )
+    feature_run_retention_days: int = Field(
+        default=90,
+        ge=1,
+        description=(
+            "STREAMSCORE_FEATURE_RUN_RETENTION_DAYS: days each nightly run's served features "
+            "are kept under its run id for as-of replays (the nightly job prunes older ones)."
+        ),
+    )
 
     # Models and scoring.
     models_dir: Path = Field(

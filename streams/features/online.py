@@ -2,17 +2,25 @@
 
 Feast's ``get_online_features`` costs milliseconds per call; the scorer needs a batch of
 thousands in well under that. Each nightly run exports exactly the rows it materialises
-(one Parquet file per feature view for the nightly date); this module loads those into a
-float32 matrix per entity with an ``id → row`` dict, plus one extra row holding the
-declared defaults for unknown entities. A refresh builds a complete new snapshot and swaps
-one reference, so a lookup never mixes two runs.
+(one Parquet file per feature view for the nightly date) and keeps a read-only copy under
+its run id (``streams.features.run_exports``); this module loads a run by its id, checking
+each file's sha256, into a float32 matrix per entity with an ``id → row`` dict, plus one
+extra row holding the declared defaults for unknown entities. The live worker and
+``streamscore replay`` load runs the same way, so both read the same bytes. A refresh
+builds a complete new snapshot and swaps one reference, so a lookup never mixes two runs.
+
+A run recorded before runs kept their exports has no folder: the live worker then reads
+the dated export (and logs it); a replay refuses it (``require_kept``), since a rerun or
+backfill may have overwritten that file since.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,12 +30,17 @@ import pyarrow.parquet as pq
 
 from streams.errors import FeatureError
 from streams.features.event import ACCOUNT_MEAN_FEATURE, compute_event_features
-from streams.features.paths import export_path
+from streams.features.paths import export_path, runs_dir
 from streams.features.registry import ServiceLayout, ViewLayout, load_service_layout
+from streams.features.run_exports import read_manifest, verified_files
 from streams.features.runs import NightlyRun
 
 if TYPE_CHECKING:
     from streams.settings import Settings
+
+__all__ = ["LatestRun", "OnlineFeatures", "Snapshot", "SnapshotFeatures"]
+
+log = logging.getLogger("streams.features.online")
 
 LatestRun = Callable[[], NightlyRun | None]
 
@@ -117,7 +130,44 @@ class OnlineFeatures:
             run.nightly_date,
         ):
             return None
-        return self._read(run.nightly_date, run.run_id)
+        return self.read_run(run)
+
+    def has_kept(self, run: NightlyRun) -> bool:
+        """Whether ``run`` kept its features by run id (not pruned, not from before)."""
+        return read_manifest(self._settings, run.run_id) is not None
+
+    def read_run(self, run: NightlyRun, *, require_kept: bool = False) -> Snapshot:
+        """Run ``run``'s features as it kept them under its id, each file checked against
+        its sha256. A run that kept none (pruned, or recorded before runs kept their
+        exports) is read from the dated export, or refused with ``require_kept``."""
+        manifest = read_manifest(self._settings, run.run_id)
+        if manifest is None:
+            if require_kept:
+                raise FeatureError(
+                    f"nightly run {run.run_id} (for {run.nightly_date}) kept no features under "
+                    f"{runs_dir(self._settings)}: pruned after "
+                    f"{self._settings.feature_run_retention_days} days, or recorded before runs "
+                    "kept their exports"
+                )
+            log.warning(
+                "nightly run %s kept no features by run id: serving the dated export for %s",
+                run.run_id, run.nightly_date,
+            )  # fmt: skip
+            return self._read(run.nightly_date, run.run_id)
+        service = self._layout.spec.name
+        if (manifest.nightly_date, manifest.feature_service) != (run.nightly_date, service):
+            raise FeatureError(
+                f"nightly run {run.run_id} kept features of {manifest.feature_service} for "
+                f"{manifest.nightly_date}, not of {service} for {run.nightly_date}"
+            )
+        paths = verified_files(self._settings, manifest, [v.model for v in self._layout.views])
+        tables = tuple(_load_table(view, paths[view.model]) for view in self._layout.views)
+        return Snapshot(run.nightly_date, run.run_id, tables)
+
+    def pinned(self, snapshot: Snapshot) -> SnapshotFeatures:
+        """A feature source serving ``snapshot`` only (a replay scores each run's events
+        with the run they were live under); this object's own snapshot is left alone."""
+        return SnapshotFeatures(self._layout, snapshot, self._mean_column)
 
     def use(self, snapshot: Snapshot) -> None:
         """Serve ``snapshot`` from the next lookup on (one reference: atomic)."""
@@ -154,27 +204,18 @@ class OnlineFeatures:
             raise FeatureError(
                 "no features loaded: no successful nightly run yet (run `streamscore nightly`)"
             )
-        blocks: list[npt.NDArray[np.float32]] = []
-        missing: list[npt.NDArray[np.bool_]] = []
-        for view, table in zip(self._layout.views, snapshot.tables, strict=True):
-            rows = table.rows(ids[view.name])
-            blocks.append(table.values[rows])
-            missing.append(rows == len(table.values) - 1)
-        return np.hstack(blocks), np.column_stack(missing)
+        return _lookup(self._layout, snapshot, ids)
 
     def vectors(
         self, events: pa.Table | pa.RecordBatch
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """All service features for a batch of transactions: entity then event features."""
-        ids = {
-            view.name: events.column(view.join_key).to_numpy(zero_copy_only=False)
-            for view in self._layout.views
-        }
-        entity, missing = self.lookup_entities(ids)
-        event = compute_event_features(
-            events, entity[:, self._mean_column], self._layout.event_version
-        )
-        return np.hstack([entity, event]), missing
+        snapshot = self._snapshot
+        if snapshot is None:
+            raise FeatureError(
+                "no features loaded: no successful nightly run yet (run `streamscore nightly`)"
+            )
+        return _vectors(self._layout, snapshot, self._mean_column, events)
 
     def _load_view(self, view: ViewLayout, feature_date: date) -> _EntityTable:
         path = export_path(self._settings, view.model, feature_date)
@@ -183,18 +224,7 @@ class OnlineFeatures:
                 f"features for {view.name} at {feature_date} are missing at {path}; "
                 "rerun `streamscore nightly --date` for that date"
             )
-        table = pq.read_table(path, columns=[view.join_key, *view.columns])
-        defaults = np.array([[f.default for f in view.features]], dtype=np.float32)
-        values = (
-            np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in view.columns])
-            if table.num_rows
-            else np.empty((0, len(view.columns)), dtype=np.float32)
-        )
-        keys = table.column(view.join_key).to_pylist()
-        return _EntityTable(
-            index={str(k): i for i, k in enumerate(keys)},
-            values=np.ascontiguousarray(np.vstack([values, defaults]), dtype=np.float32),
-        )
+        return _load_table(view, path)
 
     def _latest_run_from_clickhouse(self) -> NightlyRun | None:
         from streams.clickhouse import connect
@@ -207,3 +237,74 @@ class OnlineFeatures:
             )
         finally:
             client.close()
+
+
+class SnapshotFeatures:
+    """A feature source (``scoring.pipeline.FeatureSource``) serving one snapshot."""
+
+    def __init__(self, layout: ServiceLayout, snapshot: Snapshot, mean_column: int) -> None:
+        self._layout = layout
+        self._snapshot = snapshot
+        self._mean_column = mean_column
+
+    @property
+    def layout(self) -> ServiceLayout:
+        return self._layout
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def run_id(self) -> str:
+        return self._snapshot.run_id
+
+    @property
+    def feature_date(self) -> date:
+        return self._snapshot.feature_date
+
+    def vectors(
+        self, events: pa.Table | pa.RecordBatch
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        return _vectors(self._layout, self._snapshot, self._mean_column, events)
+
+
+def _lookup(
+    layout: ServiceLayout,
+    snapshot: Snapshot,
+    ids: Mapping[str, Sequence[str] | npt.NDArray[np.object_]],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    blocks: list[npt.NDArray[np.float32]] = []
+    missing: list[npt.NDArray[np.bool_]] = []
+    for view, table in zip(layout.views, snapshot.tables, strict=True):
+        rows = table.rows(ids[view.name])
+        blocks.append(table.values[rows])
+        missing.append(rows == len(table.values) - 1)
+    return np.hstack(blocks), np.column_stack(missing)
+
+
+def _vectors(
+    layout: ServiceLayout, snapshot: Snapshot, mean_column: int, events: pa.Table | pa.RecordBatch
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    ids = {
+        view.name: events.column(view.join_key).to_numpy(zero_copy_only=False)
+        for view in layout.views
+    }
+    entity, missing = _lookup(layout, snapshot, ids)
+    event = compute_event_features(events, entity[:, mean_column], layout.event_version)
+    return np.hstack([entity, event]), missing
+
+
+def _load_table(view: ViewLayout, path: Path) -> _EntityTable:
+    table = pq.read_table(path, columns=[view.join_key, *view.columns])
+    defaults = np.array([[f.default for f in view.features]], dtype=np.float32)
+    values = (
+        np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in view.columns])
+        if table.num_rows
+        else np.empty((0, len(view.columns)), dtype=np.float32)
+    )
+    keys = table.column(view.join_key).to_pylist()
+    return _EntityTable(
+        index={str(k): i for i, k in enumerate(keys)},
+        values=np.ascontiguousarray(np.vstack([values, defaults]), dtype=np.float32),
+    )
