@@ -7,6 +7,35 @@ keyed on the raw coordinates. Before each insert they ask ClickHouse which (coor
 model version) rows exist and write only the others, so running the same replay twice
 adds nothing, and replaying with another model version adds one row per event for it.
 
+Features (``features=``, ``--features``):
+
+* ``as-of-event-time`` (the default): each event is scored with the nightly run that was
+  live at its event time (``event_time`` in the payload), as ``runs.RunTimeline`` says:
+  among the successful runs recorded by then (``finished_at <= t``) whose nightly date is
+  not after t's UTC date (training's point-in-time rule: features at D use only events
+  before D), the one the live worker would pick (newest nightly date, newest finish among
+  reruns). Each run's features are loaded by run id, the bytes the run kept
+  (``features.run_exports``, sha256-checked), the same bytes the live worker loaded.
+  Live scoring agrees with this except: in the reload gap (the worker checks every 30 s
+  and loads in the background, so events in the first seconds after a run finished were
+  served the previous run); for events that arrived long after their event time (the
+  worker served the run live on arrival); for a run recorded for a future date (the
+  worker serves it, this rule does not); and where producers' clocks and the nightly
+  host's disagree. An event before any run was live (``no_run``) or whose run's features
+  were pruned (``STREAMSCORE_FEATURE_RUN_RETENTION_DAYS``) or never kept by run id
+  (``run_not_kept``) is counted and not scored: there is no fallback to other features.
+* ``current``: every event with the run live now (the run the worker serves).
+
+Where an event already has rows (the live worker's), the replay compares without
+writing: events whose chosen run differs from the row's ``feature_run_id`` are counted by
+(original, replayed) run (``run_changed``), and rows whose score the replay computes
+differently (``scores_changed``), so a disagreement is never silent. New rows record the
+run they were scored with in ``feature_run_id``.
+
+A replay groups each batch's events by run and scores each group with that run's
+snapshot; a small LRU of snapshots (``SNAPSHOT_CACHE``) bounds memory, so each run is
+loaded once while the replay moves forward in time.
+
 A replay uses its own consumer group and explicit partition assignment: the live group's
 offsets never move. Replayed rows carry ``run = <replay id>``; nothing is sent to the
 predictions or review topics (a replay must not trigger actions twice).
@@ -17,34 +46,53 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 from confluent_kafka import Consumer, TopicPartition
 
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.errors import ConfigError, KafkaError
-from streams.features.online import OnlineFeatures
-from streams.features.runs import latest_successful_run
+from streams.features.online import OnlineFeatures, Snapshot
+from streams.features.runs import (
+    NightlyRun,
+    RunTimeline,
+    latest_successful_run,
+    successful_runs,
+)
 from streams.headers import DLQ_ERROR_CLASS, DLQ_PREFIX, DLQ_SOURCE
 from streams.ingest import Limits, ingest_batch
 from streams.kafka import make_consumer
 from streams.records import RawRecord, read_source
 from streams.schemas.registry import SchemaRegistry
 from streams.scoring.modelset import ModelSet
-from streams.scoring.pipeline import ValidEvent, decode_events, input_columns, score_events
+from streams.scoring.pipeline import (
+    DecodedBatch,
+    ScoredEvents,
+    ValidEvent,
+    decode_events,
+    input_columns,
+    score_events,
+)
 from streams.scoring.registry import artifact_path
 from streams.scoring.scorer import Scorer
 from streams.settings import Settings
-from streams.sinks.clickhouse import PredictionsSink, dedup_token
+from streams.sinks.clickhouse import PredictionsSink, Source, dedup_token
 from streams.topics import dlq_topic
 
 log = logging.getLogger("streams.replay")
 
 Progress = Callable[[int], None]
+
+AS_OF_EVENT_TIME = "as-of-event-time"
+CURRENT = "current"
+FEATURE_MODES = (AS_OF_EVENT_TIME, CURRENT)
+SNAPSHOT_CACHE = 3  # runs' snapshots held at once (each is every entity's feature table)
 
 
 @dataclass(slots=True)
@@ -57,6 +105,26 @@ class RescoreCounts:
     rows_present: int = 0  # (event, model) rows that already existed
     invalid: dict[str, int] = field(default_factory=dict)  # by DLQ reason
     undecodable: int = 0
+    features: str = AS_OF_EVENT_TIME
+    runs_used: dict[str, int] = field(default_factory=dict)  # feature run → events scored
+    no_run: int = 0  # events before any nightly run was live: not scored
+    run_not_kept: dict[str, int] = field(default_factory=dict)  # run kept no features: events
+    # (the original row's feature run, the replay's) → events where they differ
+    run_changed: dict[tuple[str, str], int] = field(default_factory=dict)
+    rows_compared: int = 0  # rows already there whose score was compared
+    scores_changed: int = 0  # of those, rows the replay scores differently
+    snapshots_loaded: int = 0
+    first_live: str = ""  # when the first nightly run became live (UTC, ISO), if no_run
+
+    @property
+    def run_mismatch(self) -> int:
+        """Events whose replay run differs from the run on their original rows."""
+        return sum(self.run_changed.values())
+
+    @property
+    def unserved(self) -> int:
+        """Valid events not scored: no features as of their event time."""
+        return self.no_run + sum(self.run_not_kept.values())
 
     def add(self, other: RescoreCounts) -> None:
         self.read += other.read
@@ -64,8 +132,21 @@ class RescoreCounts:
         self.rows_written += other.rows_written
         self.rows_present += other.rows_present
         self.undecodable += other.undecodable
-        for reason, n in other.invalid.items():
-            self.invalid[reason] = self.invalid.get(reason, 0) + n
+        self.no_run += other.no_run
+        self.rows_compared += other.rows_compared
+        self.scores_changed += other.scores_changed
+        self.snapshots_loaded += other.snapshots_loaded
+        self.features = other.features
+        self.first_live = self.first_live or other.first_live
+        for mine, theirs in (
+            (self.invalid, other.invalid),
+            (self.runs_used, other.runs_used),
+            (self.run_not_kept, other.run_not_kept),
+        ):
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n
+        for pair, n in other.run_changed.items():
+            self.run_changed[pair] = self.run_changed.get(pair, 0) + n
 
 
 def parse_offsets(text: str) -> dict[int, int]:
@@ -209,6 +290,59 @@ def read_range(
     consumer.unassign()
 
 
+class SnapshotCache:
+    """The last few runs' snapshots, loaded by run id (least recently used goes first).
+
+    ``require_kept``: a run that kept no features by run id gives None (the as-of rule
+    never substitutes the dated export, which a rerun may have overwritten).
+    """
+
+    def __init__(
+        self, features: OnlineFeatures, capacity: int = SNAPSHOT_CACHE, *, require_kept: bool
+    ) -> None:
+        if capacity < 1:
+            raise ConfigError(f"a snapshot cache holds at least one run, not {capacity}")
+        self.features = features
+        self.capacity = capacity
+        self.require_kept = require_kept
+        self.loads = 0
+        self._held: OrderedDict[str, Snapshot | None] = OrderedDict()
+
+    def get(self, run: NightlyRun) -> Snapshot | None:
+        if run.run_id in self._held:
+            self._held.move_to_end(run.run_id)
+            return self._held[run.run_id]
+        snapshot: Snapshot | None = None
+        if not self.require_kept or self.features.has_kept(run):
+            snapshot = self.features.read_run(run, require_kept=self.require_kept)
+            self.loads += 1
+        self._held[run.run_id] = snapshot
+        while len(self._held) > self.capacity:
+            self._held.popitem(last=False)
+        return snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class RescoredGroup:
+    """The events of one batch that one nightly run served, scored with it."""
+
+    run: NightlyRun
+    decoded: DecodedBatch
+    scored: ScoredEvents
+
+    @property
+    def sources(self) -> list[Source]:
+        return [e.source for e in self.decoded.events]
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalRow:
+    """What an existing predictions row recorded: its feature run and score."""
+
+    feature_run_id: str
+    score: float
+
+
 class Rescorer:
     """Validate, score and idempotently write raw records, one batch at a time."""
 
@@ -220,23 +354,38 @@ class Rescorer:
         run_id: str,
         model: str | None = None,
         event_type: str = "transaction",
+        features: str = AS_OF_EVENT_TIME,
+        cache_size: int = SNAPSHOT_CACHE,
     ) -> None:
+        if features not in FEATURE_MODES:
+            raise ConfigError(f"features {features!r} is not one of {', '.join(FEATURE_MODES)}")
         self.settings = settings
+        self.gateway = gateway
         self.run_id = run_id
+        self.mode = features
         self.registry = SchemaRegistry.load(settings.schemas_dir)
         self.limits = Limits(settings.max_payload_bytes, settings.max_nesting_depth)
         self.event_type = event_type
         self.sink = PredictionsSink(gateway)
+        database, service = settings.clickhouse_database, settings.feature_service
         self.features = OnlineFeatures(
             settings,
-            latest_run=lambda: gateway.run(
-                lambda c: latest_successful_run(
-                    c, settings.clickhouse_database, settings.feature_service
-                )
-            ),
+            latest_run=lambda: gateway.run(lambda c: latest_successful_run(c, database, service)),
         )
-        if not self.features.refresh_if_newer():
+        if features == CURRENT:
+            # The live worker's own query: the run it serves now.
+            live = gateway.run(lambda c: latest_successful_run(c, database, service))
+            history = [] if live is None else [live]
+            self.timeline = None
+        else:
+            history = gateway.run(lambda c: successful_runs(c, database, service))
+            self.timeline = RunTimeline.from_runs(history)
+        if not history:
             raise ConfigError("no successful nightly feature run yet: run `streamscore nightly`")
+        self.current = history[-1] if features == CURRENT else None
+        self.snapshots = SnapshotCache(
+            self.features, cache_size, require_kept=features == AS_OF_EVENT_TIME
+        )
         spec = self.features.layout.spec
         if model is None:
             self.models = ModelSet.from_registry(settings, spec)
@@ -254,8 +403,18 @@ class Rescorer:
     def model_ids(self) -> tuple[str, ...]:
         return self.models.model_ids
 
-    def process(self, records: Sequence[RawRecord], topic_tag: str) -> RescoreCounts:
-        counts = RescoreCounts(read=len(records))
+    def runs_for(
+        self, event_times_ms: npt.NDArray[np.int64]
+    ) -> tuple[list[NightlyRun], npt.NDArray[np.intp]]:
+        """The runs to score with and, per event, its run's index in them (-1: none live)."""
+        if self.timeline is None:
+            assert self.current is not None
+            return [self.current], np.zeros(len(event_times_ms), dtype=np.intp)
+        return list(self.timeline.runs), self.timeline.at(event_times_ms)
+
+    def rescore(self, records: Sequence[RawRecord]) -> tuple[list[RescoredGroup], RescoreCounts]:
+        """Validate and score ``records``, each valid event with its run; nothing is written."""
+        counts = RescoreCounts(read=len(records), features=self.mode)
         accepted, dead = ingest_batch(records, self.registry, self.limits)
         for letter in dead:
             counts.invalid[letter.reason] = counts.invalid.get(letter.reason, 0) + 1
@@ -263,39 +422,140 @@ class Rescorer:
             _as_valid_event(a.record) for a in accepted if a.schema.event_type == self.event_type
         ]
         if not events:
-            return counts
+            return [], counts
         decoded = decode_events(events, self.columns)
         counts.undecodable = len(decoded.failed)
         if not decoded.events:
+            return [], counts
+        times = decoded.table.column("event_time").cast(pa.int64()).to_numpy()
+        runs, chosen = self.runs_for(times)
+        counts.no_run = int((chosen < 0).sum())
+        if counts.no_run and self.timeline is not None:
+            first = self.timeline.first_live_ms or 0
+            counts.first_live = datetime.fromtimestamp(first / 1000, UTC).isoformat()
+        loads = self.snapshots.loads
+        groups: list[RescoredGroup] = []
+        for index in np.unique(chosen[chosen >= 0]).tolist():
+            run = runs[index]
+            rows = np.flatnonzero(chosen == index)
+            snapshot = self.snapshots.get(run)
+            if snapshot is None:
+                counts.run_not_kept[run.run_id] = len(rows)
+                continue
+            part = _take(decoded, rows)
+            scored = score_events(
+                part,
+                self.features.pinned(snapshot),
+                self.models,
+                run=self.run_id,
+                worker_id=self.settings.worker_id,
+                picked_up_ms=int(time.time() * 1000),
+            )
+            counts.runs_used[run.run_id] = len(rows)
+            groups.append(RescoredGroup(run, part, scored))
+        counts.snapshots_loaded = self.snapshots.loads - loads
+        return groups, counts
+
+    def process(self, records: Sequence[RawRecord], topic_tag: str) -> RescoreCounts:
+        """Score ``records`` and write the rows not there yet; compare the others."""
+        groups, counts = self.rescore(records)
+        if not groups:
             return counts
-        scored = score_events(
-            decoded,
-            self.features,
-            self.models,
-            run=self.run_id,
-            worker_id=self.settings.worker_id,
-            picked_up_ms=int(time.time() * 1000),
+        originals = original_rows(
+            self.gateway, [s for g in groups for s in g.sources], self.model_ids
         )
-        sources = [e.source for e in decoded.events]
+        for group in groups:
+            self._write(group, originals, counts, topic_tag)
+        return counts
+
+    def _write(
+        self,
+        group: RescoredGroup,
+        originals: Mapping[tuple[Source, str], OriginalRow],
+        counts: RescoreCounts,
+        topic_tag: str,
+    ) -> None:
+        sources = group.sources
         n = len(sources)
-        keep = np.ones(scored.predictions.num_rows, dtype=np.bool_)
-        for block, m in enumerate(scored.models):
-            present = self.sink.existing_sources(sources, m.model_id)
-            if present:
-                rows = [block * n + i for i, s in enumerate(sources) if s in present]
-                keep[rows] = False
-        counts.rows_present = int((~keep).sum())
-        rows = scored.predictions.filter(pa.array(keep))
+        replayed_run = group.run.run_id
+        keep = np.ones(group.scored.predictions.num_rows, dtype=np.bool_)
+        changed: dict[int, str] = {}  # event → its original rows' run, where it differs
+        for block, m in enumerate(group.scored.models):
+            for i, source in enumerate(sources):
+                original = originals.get((source, m.model_id))
+                if original is None:
+                    continue
+                keep[block * n + i] = False
+                counts.rows_compared += 1
+                if not _same_score(original.score, m.scores[i]):
+                    counts.scores_changed += 1
+                if original.feature_run_id != replayed_run:
+                    changed.setdefault(i, original.feature_run_id)
+        for was in changed.values():
+            pair = (was, replayed_run)
+            counts.run_changed[pair] = counts.run_changed.get(pair, 0) + 1
+        counts.rows_present += int((~keep).sum())
+        rows = group.scored.predictions.filter(pa.array(keep))
         if rows.num_rows:
             token = dedup_token(
-                f"{topic_tag}:{self.run_id}",
+                f"{topic_tag}:{self.run_id}:{replayed_run}",
                 ((s[1], s[2]) for s in sources),
-                [m.model_id for m in scored.models],
+                [m.model_id for m in group.scored.models],
             )
             self.sink.write(rows, token)
-        counts.rows_written = rows.num_rows
-        counts.scored = len(set((np.flatnonzero(keep) % n).tolist()))
-        return counts
+        counts.rows_written += rows.num_rows
+        counts.scored += len(set((np.flatnonzero(keep) % n).tolist()))
+
+
+def original_rows(
+    gateway: ClickHouseGateway, sources: Sequence[Source], model_versions: Sequence[str]
+) -> dict[tuple[Source, str], OriginalRow]:
+    """The rows already in ``predictions`` for ``sources`` and ``model_versions``: each
+    one's feature run and score, keyed by (coordinates, model version)."""
+    found: dict[tuple[Source, str], OriginalRow] = {}
+    by_partition: dict[tuple[str, int], list[int]] = {}
+    for topic, partition, offset in sources:
+        by_partition.setdefault((topic, partition), []).append(offset)
+    for (topic, partition), offsets in by_partition.items():
+        # Copies of a row (before ReplacingMergeTree folds them) are the same row: any().
+        result = gateway.query(
+            "select offset, model_version, any(feature_run_id), any(score) "  # noqa: S608 - checked identifiers, values bound
+            f"from {gateway.table('predictions')} "
+            "where topic = {topic:String} and partition = {partition:UInt16} "
+            "and offset between {low:UInt64} and {high:UInt64} "
+            "and has({offsets:Array(UInt64)}, offset) "
+            "and has({versions:Array(String)}, model_version) "
+            "group by offset, model_version",
+            {
+                "topic": topic,
+                "partition": partition,
+                "low": min(offsets),
+                "high": max(offsets),
+                "offsets": offsets,
+                "versions": list(model_versions),
+            },
+        )
+        for offset, version, run_id, score in result.result_rows:
+            key = ((topic, partition, int(offset)), str(version))
+            found[key] = OriginalRow(str(run_id), float(score))
+    return found
+
+
+def _same_score(original: float, replayed: np.float32) -> bool:
+    """Bit-for-bit the same float32 (a NaN score, routed to review, equals a NaN)."""
+    was = np.float32(original)
+    return bool(was == replayed or (np.isnan(was) and np.isnan(replayed)))
+
+
+def _take(decoded: DecodedBatch, rows: npt.NDArray[np.intp]) -> DecodedBatch:
+    """The events at ``rows`` (increasing) of ``decoded``, as a batch of their own."""
+    picked = rows.tolist()
+    return DecodedBatch(
+        [decoded.events[i] for i in picked],
+        decoded.table.take(pa.array(rows)),
+        [],
+        [decoded.parsed[i] for i in picked] if decoded.parsed else [],
+    )
 
 
 def _as_valid_event(record: RawRecord) -> ValidEvent:
@@ -335,9 +595,11 @@ def redrive(
     *,
     reasons: Sequence[str] = (),
     model: str | None = None,
+    features: str = AS_OF_EVENT_TIME,
     progress: Progress | None = None,
 ) -> tuple[ReplayRange, RescoreCounts, str]:
-    """Re-validate dead letters (e.g. after a schema fix) and score those now valid.
+    """Re-validate dead letters (e.g. after a schema fix) and score those now valid, with
+    the features as of each event's time (or ``features="current"``).
 
     Rows keep the events' original raw coordinates, so a second re-drive adds nothing.
     Records still invalid are counted by reason and stay where they are.
@@ -347,8 +609,8 @@ def redrive(
     consumer = make_consumer(settings, f"{settings.app_id}-{run_id}")
     try:
         span = resolve_range(consumer, topic, **span_request)  # type: ignore[arg-type]
-        rescorer = Rescorer(settings, gateway, run_id=run_id, model=model)
-        total = RescoreCounts()
+        rescorer = Rescorer(settings, gateway, run_id=run_id, model=model, features=features)
+        total = RescoreCounts(features=features)
         for batch in read_range(consumer, span):
             chosen = [d for d in batch if not reasons or dead_letter_reason(d) in reasons]
             originals = [original_record(d) for d in chosen]
@@ -358,6 +620,7 @@ def redrive(
                 progress(len(batch))
     finally:
         consumer.close()
+    _warn(total, run_id)
     return span, total, run_id
 
 
@@ -372,30 +635,56 @@ def replay(
     *,
     topic: str,
     model: str | None = None,
+    features: str = AS_OF_EVENT_TIME,
     progress: Progress | None = None,
 ) -> tuple[ReplayRange, RescoreCounts, str]:
-    """Re-score a range of ``topic``; returns the resolved range, counts and the run id."""
+    """Re-score a range of ``topic`` with the features as of each event's time (or
+    ``features="current"``); returns the resolved range, counts and the run id."""
     run_id = new_run_id()
     consumer = make_consumer(settings, f"{settings.app_id}-{run_id}")
     try:
         span = resolve_range(consumer, topic, **span_request)  # type: ignore[arg-type]
-        rescorer = Rescorer(settings, gateway, run_id=run_id, model=model)
-        total = RescoreCounts()
+        rescorer = Rescorer(settings, gateway, run_id=run_id, model=model, features=features)
+        total = RescoreCounts(features=features)
         for batch in read_range(consumer, span):
             total.add(rescorer.process(batch, topic))
             if progress is not None:
                 progress(len(batch))
     finally:
         consumer.close()
+    _warn(total, run_id)
     return span, total, run_id
 
 
+def _warn(counts: RescoreCounts, run_id: str) -> None:
+    """Say in the log what a library caller might not print: disagreements, unserved."""
+    if counts.run_mismatch:
+        log.warning(
+            "replay %s: %d events scored with another feature run than their original rows "
+            "(original → replay: %s)",
+            run_id, counts.run_mismatch, dict(counts.run_changed),
+        )  # fmt: skip
+    if counts.unserved:
+        log.warning(
+            "replay %s: %d events not scored, no features as of their event time "
+            "(%d before the first run, by run not kept: %s)",
+            run_id, counts.unserved, counts.no_run, counts.run_not_kept,
+        )  # fmt: skip
+
+
 __all__ = [
+    "AS_OF_EVENT_TIME",
+    "CURRENT",
+    "FEATURE_MODES",
+    "OriginalRow",
     "ReplayRange",
     "RescoreCounts",
+    "RescoredGroup",
     "Rescorer",
+    "SnapshotCache",
     "new_run_id",
     "original_record",
+    "original_rows",
     "parse_offsets",
     "read_range",
     "redrive",

@@ -1,4 +1,5 @@
-"""``streamscore replay``: re-score a range of the raw topic by offsets or times, no duplicates."""
+"""``streamscore replay``: re-score a range of the raw topic by offsets or times, no duplicates,
+with the nightly features live at each event's time (``--features current``: today's)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,40 @@ def report(span: Any, counts: Any, run_id: str) -> None:
         click.echo(f"invalid: {reason:22}{n:>8,}")
     if counts.undecodable:
         click.echo(f"undecodable         {counts.undecodable:>10,}")
+    report_features(counts)
+
+
+def report_features(counts: Any) -> None:
+    """Which feature runs served the replay, and every way it disagrees with the originals."""
+    what = "as of event time" if counts.features == "as-of-event-time" else "current (live now)"
+    click.echo(f"features            {what}; {counts.snapshots_loaded} run snapshots loaded")
+    for run, n in sorted(counts.runs_used.items(), key=lambda item: -item[1]):
+        click.echo(f"  feature run {run:32} {n:>10,} events")
+    if counts.no_run:
+        click.echo(
+            f"NOT SCORED          {counts.no_run:>10,} events before the first nightly run was "
+            f"live ({counts.first_live or '?'}): no features as of their time"
+        )
+    for run, n in sorted(counts.run_not_kept.items()):
+        click.echo(
+            f"NOT SCORED          {n:>10,} events of run {run}: its features were not kept "
+            "(pruned past STREAMSCORE_FEATURE_RUN_RETENTION_DAYS, or from before runs kept them)"
+        )
+    if counts.rows_compared:
+        click.echo(
+            f"scores changed      {counts.scores_changed:>10,}  of {counts.rows_compared:,} rows "
+            "already there (compared, not rewritten)"
+        )
+    if counts.run_mismatch:
+        click.echo(
+            f"RUN DIFFERS         {counts.run_mismatch:>10,} events scored with another feature "
+            "run than their original rows:"
+        )
+        top = sorted(counts.run_changed.items(), key=lambda item: -item[1])
+        for (was, now), n in top[:10]:
+            click.echo(f"  {was or '(none recorded)'} → {now}: {n:,}")
+        if len(top) > 10:
+            click.echo(f"  … and {len(top) - 10} more pairs")
 
 
 @click.command()
@@ -97,6 +132,20 @@ def report(span: Any, counts: Any, run_id: str) -> None:
 @click.option("--partitions", help="Only these partitions, e.g. 0,3.")
 @click.option("--model", help="Score with this model id only (default: the serving set).")
 @click.option("--topic", help="Raw topic to replay (default: the events topic).")
+@click.option(
+    "--features",
+    "features",
+    type=click.Choice(["as-of-event-time", "current"]),
+    default="as-of-event-time",
+    show_default=True,
+    help="Each event with the nightly run live at its event time, or the run live now.",
+)
+@click.option(
+    "--as-of-event-time",
+    "features",
+    flag_value="as-of-event-time",
+    help="Same as --features as-of-event-time (the default).",
+)
 @click.pass_obj
 def replay(
     settings: Settings,
@@ -107,12 +156,20 @@ def replay(
     partitions: str | None,
     model: str | None,
     topic: str | None,
+    features: str,
 ) -> None:
     """Re-score a range of raw events through a consumer group of its own.
 
     The live group's offsets do not move. Rows already in ClickHouse for the same event
     and model version are skipped, so running the same replay twice adds nothing and a
     replay with another --model adds one row per event for that model.
+
+    By default each event is scored with the nightly feature run that was live at its
+    event time (the run the worker served then, loaded by run id), and compared with its
+    original rows: events whose run differs from the original row's, and rows whose
+    score changed, are counted. Events before the first run, or whose run's features
+    were pruned, are counted and not scored. --features current scores everything with
+    the run live now.
     """
     from streams.replay import replay as run_replay
     from streams.topics import raw_topic
@@ -123,6 +180,12 @@ def replay(
         settings,
         "re-scoring",
         lambda gateway, progress: run_replay(
-            settings, gateway, request, topic=source, model=model, progress=progress
+            settings,
+            gateway,
+            request,
+            topic=source,
+            model=model,
+            features=features,
+            progress=progress,
         ),
     )
