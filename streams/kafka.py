@@ -6,19 +6,25 @@ The config dicts hold passwords in the clear (librdkafka wants them so): never l
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient
 
-from streams.errors import ConfigError
+from streams.errors import ConfigError, KafkaError
 from streams.kafka_logging import librdkafka_logger
 from streams.redact import redact
 from streams.settings import Settings
 
 __all__ = [
     "admin_config",
+    "admin_result",
     "consumer_config",
+    "kafka_failure",
     "kafka_security_config",
     "make_admin",
     "make_consumer",
@@ -130,6 +136,104 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
 
 
 def make_admin(settings: Settings, **overrides: Any) -> AdminClient:
-    """An admin client from :func:`admin_config`; ConfigError when librdkafka refuses it."""
-    admin: AdminClient = _built("admin client", AdminClient, admin_config(settings, **overrides))
+    """An admin client from :func:`admin_config`; ConfigError when librdkafka refuses it.
+    Unless ``overrides`` bring their own ``error_cb``, it remembers an authentication or
+    TLS refusal for :func:`kafka_failure` and :func:`admin_result`."""
+    admin: AdminClient = _built("admin client", _Admin, admin_config(settings, **overrides))
     return admin
+
+
+# librdkafka's client-level errors that mean "the cluster refuses this client", as the
+# error_cb reports them while a request is waiting: the request itself later fails with
+# a bare timeout or "all brokers down" that does not say why.
+_AUTHENTICATION = frozenset(
+    {ConfluentKafkaError._AUTHENTICATION, ConfluentKafkaError.SASL_AUTHENTICATION_FAILED}
+)
+_TLS = frozenset({ConfluentKafkaError._SSL})
+
+
+class _Refusals:
+    """An ``error_cb`` keeping the first authentication or TLS error a client was given."""
+
+    def __init__(self) -> None:
+        self.authentication: str | None = None
+        self.tls: str | None = None
+
+    def __call__(self, error: ConfluentKafkaError) -> None:
+        if error.code() in _AUTHENTICATION and self.authentication is None:
+            self.authentication = error.str()
+        elif error.code() in _TLS and self.tls is None:
+            self.tls = error.str()
+
+
+class _Admin(AdminClient):
+    """An AdminClient that remembers why the cluster refused it, for :func:`kafka_failure`."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.refusals = _Refusals()
+        with_callback: dict[str, Any] = {"error_cb": self.refusals, **config}
+        super().__init__(with_callback)
+
+
+def _refused(settings: Settings, client: Any, what: str) -> KafkaError | None:
+    """A KafkaError saying the cluster refused ``client`` (served callbacks first), or None."""
+    if not isinstance(client, _Admin):
+        return None
+    client.poll(0)  # serves the error callbacks queued while a request waited
+    where = f"{what} {settings.bootstrap_servers}"
+    if (reason := client.refusals.authentication) is not None:
+        return KafkaError(
+            redact(
+                f"{where}: the cluster refused user {settings.kafka_sasl_username!r} "
+                f"({settings.kafka_sasl_mechanism} over {settings.kafka_security_protocol}): "
+                f"{reason}; check STREAMSCORE_KAFKA_SASL_USERNAME and "
+                "STREAMSCORE_KAFKA_SASL_PASSWORD"
+            )
+        )
+    if (reason := client.refusals.tls) is not None:
+        return KafkaError(
+            redact(
+                f"{where}: the TLS handshake failed "
+                f"(security.protocol={settings.kafka_security_protocol}): {reason}; check "
+                "STREAMSCORE_KAFKA_SSL_CA_LOCATION (the CA that signed the brokers' certificate)"
+            )
+        )
+    return None
+
+
+def kafka_failure(
+    settings: Settings, exc: KafkaException, what: str, client: Any = None
+) -> KafkaError:
+    """A KafkaError for a failed call: ``what`` failed at which servers, and why (when
+    ``client`` came from :func:`make_admin`, an authentication or TLS refusal by name)."""
+    if (refused := _refused(settings, client, what)) is not None:
+        return refused
+    error = exc.args[0] if exc.args else exc
+    reason = error.str() if hasattr(error, "str") else str(error)
+    return KafkaError(
+        redact(
+            f"{what} {settings.bootstrap_servers} "
+            f"(security.protocol={settings.kafka_security_protocol}): {reason}"
+        )
+    )
+
+
+def admin_result(
+    settings: Settings, admin: AdminClient, future: Future[Any], what: str, timeout: float
+) -> Any:
+    """``future.result()`` of an admin request, failing at once with a KafkaError that says
+    so when the cluster refuses the client (a wrong password, an unknown CA) instead of
+    after ``timeout`` with a bare "timed out"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return future.result(timeout=0.25)
+        except FutureTimeout:
+            if (refused := _refused(settings, admin, what)) is not None:
+                raise refused from None
+            if time.monotonic() >= deadline:
+                raise KafkaError(
+                    f"{what} {settings.bootstrap_servers}: no answer within {timeout:.0f}s"
+                ) from None
+        except KafkaException as exc:
+            raise kafka_failure(settings, exc, what, admin) from None

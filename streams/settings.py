@@ -20,6 +20,8 @@ from streams.errors import ConfigError
 from streams.redact import redact
 
 KAFKA_VERSION = "3.9.2"
+# Local node n (from 1) takes the base ports + 10(n-1): 19092/19093, 19102/19103, ...
+KAFKA_NODE_PORT_STEP = 10
 
 
 def project_root() -> Path:
@@ -80,7 +82,8 @@ class Settings(BaseSettings):
         default="PLAINTEXT",
         description=(
             "STREAMSCORE_KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL "
-            "(anything but PLAINTEXT needs STREAMSCORE_KAFKA_BOOTSTRAP)."
+            "(the local broker speaks PLAINTEXT, or SASL_SSL after `streamscore infra up "
+            "--secure`; the others need STREAMSCORE_KAFKA_BOOTSTRAP)."
         ),
     )
     kafka_sasl_mechanism: KafkaSaslMechanism | None = Field(
@@ -111,6 +114,16 @@ class Settings(BaseSettings):
     kafka_port: int = Field(default=19092, description="STREAMSCORE_KAFKA_PORT: local broker.")
     kafka_controller_port: int = Field(
         default=19093, description="STREAMSCORE_KAFKA_CONTROLLER_PORT: local KRaft controller."
+    )
+    kafka_brokers: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description=(
+            "STREAMSCORE_KAFKA_BROKERS: nodes of the local cluster (`streamscore infra up "
+            "--brokers`); node n (from 0) listens on STREAMSCORE_KAFKA_PORT + 10n and "
+            "STREAMSCORE_KAFKA_CONTROLLER_PORT + 10n. Unused with STREAMSCORE_KAFKA_BOOTSTRAP."
+        ),
     )
     kafka_heap: str = Field(default="768m", description="STREAMSCORE_KAFKA_HEAP: broker -Xmx.")
     kafka_cache: Path = Field(
@@ -391,10 +404,11 @@ class Settings(BaseSettings):
         # message is ours and quotes no value.
         protocol = self.kafka_security_protocol
         given = [name for name in (*_SASL_FIELDS, *_SSL_FIELDS) if getattr(self, name) is not None]
-        if protocol != "PLAINTEXT" and self.manages_local_kafka:
+        if protocol not in ("PLAINTEXT", "SASL_SSL") and self.manages_local_kafka:
             raise ConfigError(
                 f"STREAMSCORE_KAFKA_SECURITY_PROTOCOL={protocol} needs an external cluster "
-                "(STREAMSCORE_KAFKA_BOOTSTRAP): the local broker speaks PLAINTEXT only"
+                "(STREAMSCORE_KAFKA_BOOTSTRAP): the local broker speaks PLAINTEXT only, or "
+                "SASL_SSL when started with `streamscore infra up --secure`"
             )
         if protocol.startswith("SASL_"):
             missing = [name for name in _SASL_FIELDS if getattr(self, name) is None]
@@ -521,7 +535,16 @@ class Settings(BaseSettings):
         """The ClickHouse DSN: STREAMSCORE_CLICKHOUSE_DSN or chdb:///<home>/chdb."""
         return self.clickhouse_dsn or f"chdb://{self.home / 'chdb'}"
 
+    def kafka_node_ports(self, node: int) -> tuple[int, int]:
+        """The client and controller port of local node ``node`` (from 1)."""
+        step = KAFKA_NODE_PORT_STEP * (node - 1)
+        return self.kafka_port + step, self.kafka_controller_port + step
+
     @property
     def bootstrap_servers(self) -> str:
-        """The bootstrap servers every client uses."""
-        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+        """The bootstrap servers every client uses: every node of the local cluster, so a
+        client starting while one of them is down still finds the others."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        nodes = range(1, self.kafka_brokers + 1)
+        return ",".join(f"127.0.0.1:{self.kafka_node_ports(n)[0]}" for n in nodes)

@@ -3,12 +3,19 @@
 ``apply_topics`` creates missing topics and reports drift between the declared and
 the actual configuration (partitions, replication, retention, cleanup policy). It
 never deletes or shrinks anything: drift is reported for an operator to decide.
+
+Replication follows the cluster: ``min(3, brokers)`` replicas (the brokers the admin
+client's DescribeCluster returns), and ``min.insync.replicas=2`` with three, so with the
+producers' ``acks=all`` one broker may die without losing an acknowledged record or
+blocking a producer. A topic holding fewer replicas than that is reported as drift,
+never silently accepted (raising it is a partition reassignment, an operator's call).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported, not in __all__
@@ -19,7 +26,35 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from streams.errors import KafkaError
+from streams.kafka import admin_result, kafka_failure
 from streams.settings import Settings
+
+__all__ = [
+    "CONTROL",
+    "DAY_MS",
+    "DLQ",
+    "HOUR_MS",
+    "LABELS_RAW",
+    "PREDICTIONS",
+    "RAW",
+    "REVIEW",
+    "SCORED_MAX_BYTES",
+    "ApplyReport",
+    "TopicSpec",
+    "apply_topics",
+    "cluster_size",
+    "declared_topics",
+    "dlq_topic",
+    "min_insync_replicas",
+    "raw_topic",
+    "raw_topics",
+    "replication_factor",
+    "scored_spec",
+    "scored_topic",
+    "topic_name",
+    "valid_spec",
+    "valid_topic",
+]
 
 HOUR_MS = 60 * 60 * 1000
 DAY_MS = 24 * HOUR_MS
@@ -157,9 +192,22 @@ class ApplyReport:
         return not self.drift
 
 
-def _replication(settings: Settings, broker_count: int) -> int:
-    # A local single broker takes 1; a real cluster takes 3 (or all it has, if fewer).
-    return min(3, broker_count)
+def replication_factor(brokers: int) -> int:
+    """Replicas of every declared topic: three, or every broker a smaller cluster has."""
+    return max(1, min(3, brokers))
+
+
+def min_insync_replicas(replication: int) -> int:
+    """In-sync replicas an ``acks=all`` write needs: two of three (one broker may be down),
+    else one (a one- or two-broker cluster cannot lose a broker and keep writing anyway)."""
+    return 2 if replication >= 3 else 1
+
+
+def cluster_size(settings: Settings, admin: AdminClient, timeout: float = 30.0) -> int:
+    """The brokers the cluster reports (DescribeCluster: the live, registered ones)."""
+    future = admin.describe_cluster(request_timeout=timeout)
+    description = admin_result(settings, admin, future, "cannot describe the cluster at", timeout)
+    return len(description.nodes)
 
 
 def apply_topics(
@@ -170,13 +218,13 @@ def apply_topics(
 ) -> ApplyReport:
     """Create missing topics; compare existing ones with their declaration."""
     report = ApplyReport()
+    brokers = cluster_size(settings, admin, timeout)
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise KafkaError(
-            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc.args[0]}"
-        ) from exc
-    replication = _replication(settings, len(metadata.brokers))
+        raise kafka_failure(settings, exc, "cannot reach Kafka at", admin) from None
+    replication = replication_factor(brokers)
+    placement = {"min.insync.replicas": str(min_insync_replicas(replication))}
     missing = [s for s in specs if topic_name(settings, s) not in metadata.topics]
     if missing:
         futures = admin.create_topics(
@@ -185,7 +233,7 @@ def apply_topics(
                     topic_name(settings, s),
                     num_partitions=s.partitions,
                     replication_factor=replication,
-                    config=s.config(),
+                    config={**s.config(), **placement},
                 )
                 for s in missing
             ],
@@ -208,20 +256,32 @@ def apply_topics(
     by_name = {r.name: f for r, f in configs.items()}
     for spec in present:
         name = topic_name(settings, spec)
-        actual_meta = metadata.topics[name]
-        problems: list[str] = []
-        partitions = len(actual_meta.partitions)
-        if partitions != spec.partitions:
-            problems.append(f"partitions {partitions} (declared {spec.partitions})")
-        replicas = {len(p.replicas) for p in actual_meta.partitions.values()}
-        if replicas and max(replicas) != replication:
-            problems.append(f"replication {max(replicas)} (expected {replication})")
-        actual = {k: v.value for k, v in by_name[name].result().items()}
-        for key, want in spec.config().items():
-            if actual.get(key) != want:
-                problems.append(f"{key}={actual.get(key)} (declared {want})")
+        problems = _drift(spec, metadata.topics[name], by_name[name].result(), brokers)
         if problems:
             report.drift.append(f"{name}: " + ", ".join(problems))
         else:
             report.unchanged.append(name)
     return report
+
+
+def _drift(spec: TopicSpec, meta: Any, configs: dict[str, Any], brokers: int) -> list[str]:
+    """What differs between one existing topic and its declaration on ``brokers`` brokers."""
+    problems: list[str] = []
+    partitions = len(meta.partitions)
+    if partitions != spec.partitions:
+        problems.append(f"partitions {partitions} (declared {spec.partitions})")
+    replication = replication_factor(brokers)
+    fewest = min((len(p.replicas) for p in meta.partitions.values()), default=replication)
+    # Only fewer replicas is drift: a broker down while this runs makes the cluster look
+    # smaller than the topics created when it was whole.
+    if fewest < replication:
+        problems.append(
+            f"replication {fewest} (expected {replication} on {brokers} brokers; "
+            "not changed: reassign its partitions to add replicas)"
+        )
+    actual = {k: v.value for k, v in configs.items()}
+    wanted = {**spec.config(), "min.insync.replicas": str(min_insync_replicas(fewest))}
+    for key, want in wanted.items():
+        if actual.get(key) != want:
+            problems.append(f"{key}={actual.get(key)} (declared {want})")
+    return problems
