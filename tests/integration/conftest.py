@@ -6,6 +6,7 @@ developer's own broker. Each test gets its own topic prefix and consumer group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from pydantic import SecretStr
 
 from streams.agents.batching import group_id
 from streams.infra.kafka import LocalKafka
+from streams.infra.redis import LocalRedis
 from streams.kafka import make_admin, make_consumer, make_producer
 from streams.settings import Settings
 from streams.simulate.records import SimRecord, SimulationConfig, simulate_records
@@ -55,6 +57,44 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_node_ports(nodes: int) -> tuple[int, int]:
+    """STREAMSCORE_KAFKA_PORT and _CONTROLLER_PORT for a local cluster of ``nodes``: node n
+    takes both plus 10(n-1), so every one of those ports must be free."""
+    for _ in range(50):
+        base, controller = free_port(), free_port()
+        ports = [p + 10 * n for p in (base, controller) for n in range(nodes)]
+        if len(set(ports)) != len(ports) or max(ports) > 65535:
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base, controller
+    raise RuntimeError(f"no free ports for {nodes} local Kafka nodes")
+
+
+@contextlib.contextmanager
+def local_redis(home: Path) -> Iterator[dict[str, Any]]:
+    """A redis-server started by the project's code (``streams.infra.redis``) under ``home``
+    on a free port, asking for the planted password; yields the settings fields that point
+    a Settings at it (``Settings(..., **fields)``), and stops it at the end."""
+    port = free_port()
+    fields: dict[str, Any] = {
+        "online_store": "redis",
+        "redis_port": port,
+        "redis_url": f"redis://127.0.0.1:{port}/0",
+        "redis_password": SecretStr(PLANTED),
+    }
+    redis = LocalRedis(Settings(home=home, **fields))
+    redis.up()
+    try:
+        yield fields
+    finally:
+        redis.down()
 
 
 @pytest.fixture(scope="session")
@@ -242,9 +282,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def scoring_settings(settings: Settings, world: Path, tmp_path: Path) -> Iterator[Settings]:
-    """The broker test settings pointed at a private copy of the world's ClickHouse."""
+@contextlib.contextmanager
+def scoring_world(settings: Settings, world: Path, tmp_path: Path) -> Iterator[Settings]:
+    """``settings`` (a test's topics on some broker) pointed at a private copy of the
+    world's ClickHouse; the test's topics are deleted at the end."""
     from streams.clickhouse import apply_migrations, connect
     from streams.features.runs import latest_successful_run, record_run
     from streams.kafka import make_admin
@@ -265,17 +306,26 @@ def scoring_settings(settings: Settings, world: Path, tmp_path: Path) -> Iterato
     target.close()
     registry = SchemaRegistry.load(settings.schemas_dir)
     apply_topics(settings, declared_topics(registry.event_types), make_admin(settings))
-    yield settings.model_copy(
-        update={
-            "home": world / "home",  # features and feast live here; the broker is named:
-            "kafka_bootstrap": settings.bootstrap_servers,
-            "models_dir": world / "models",
-            "providers": "cpu",
-            "clickhouse_dsn": f"chdb://{chdb}",
-            "worker_id": f"test-{uuid.uuid4().hex[:6]}",
-        }
-    )
-    delete_topics(settings)
+    try:
+        yield settings.model_copy(
+            update={
+                "home": world / "home",  # features and feast live here; the broker is named:
+                "kafka_bootstrap": settings.bootstrap_servers,
+                "models_dir": world / "models",
+                "providers": "cpu",
+                "clickhouse_dsn": f"chdb://{chdb}",
+                "worker_id": f"test-{uuid.uuid4().hex[:6]}",
+            }
+        )
+    finally:
+        delete_topics(settings)
+
+
+@pytest.fixture
+def scoring_settings(settings: Settings, world: Path, tmp_path: Path) -> Iterator[Settings]:
+    """The broker test settings pointed at a private copy of the world's ClickHouse."""
+    with scoring_world(settings, world, tmp_path) as scoring:
+        yield scoring
 
 
 @pytest.fixture
