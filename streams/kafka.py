@@ -21,6 +21,7 @@ from streams.redact import redact
 from streams.settings import Settings
 
 __all__ = [
+    "Refusals",
     "admin_config",
     "admin_result",
     "consumer_config",
@@ -30,6 +31,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "producer_config",
+    "refusal_error",
 ]
 
 
@@ -152,7 +154,7 @@ _AUTHENTICATION = frozenset(
 _TLS = frozenset({ConfluentKafkaError._SSL})
 
 
-class _Refusals:
+class Refusals:
     """An ``error_cb`` keeping the first authentication or TLS error a client was given."""
 
     def __init__(self) -> None:
@@ -170,7 +172,7 @@ class _Admin(AdminClient):
     """An AdminClient that remembers why the cluster refused it, for :func:`kafka_failure`."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.refusals = _Refusals()
+        self.refusals = Refusals()
         with_callback: dict[str, Any] = {"error_cb": self.refusals, **config}
         super().__init__(with_callback)
 
@@ -180,8 +182,14 @@ def _refused(settings: Settings, client: Any, what: str) -> KafkaError | None:
     if not isinstance(client, _Admin):
         return None
     client.poll(0)  # serves the error callbacks queued while a request waited
+    return refusal_error(settings, client.refusals, what)
+
+
+def refusal_error(settings: Settings, refusals: Refusals, what: str) -> KafkaError | None:
+    """A KafkaError naming why the cluster refused a client whose ``error_cb`` is
+    ``refusals`` (its callbacks already served), or None when it was not refused."""
     where = f"{what} {settings.bootstrap_servers}"
-    if (reason := client.refusals.authentication) is not None:
+    if (reason := refusals.authentication) is not None:
         return KafkaError(
             redact(
                 f"{where}: the cluster refused user {settings.kafka_sasl_username!r} "
@@ -190,7 +198,7 @@ def _refused(settings: Settings, client: Any, what: str) -> KafkaError | None:
                 "STREAMSCORE_KAFKA_SASL_PASSWORD"
             )
         )
-    if (reason := client.refusals.tls) is not None:
+    if (reason := refusals.tls) is not None:
         return KafkaError(
             redact(
                 f"{where}: the TLS handshake failed "

@@ -8,6 +8,7 @@ worker then routes them to the dead-letter topic).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from confluent_kafka import Message
 from streams.errors import DeliveryError, EventRejected, KafkaError
 from streams.headers import EVENT_TYPE, SCHEMA_ID, SCHEMA_VERSION
 from streams.ingest import Accepted
-from streams.kafka import make_producer
+from streams.kafka import Refusals, make_producer, refusal_error
 from streams.schemas.registry import EventSchema, SchemaRegistry
 from streams.schemas.validation import describe
 from streams.settings import Settings
@@ -60,7 +61,10 @@ class EventProducer:
     def __init__(self, settings: Settings, registry: SchemaRegistry, **config: Any) -> None:
         self._settings = settings
         self._registry = registry
-        self._producer = make_producer(settings, **config)
+        # Remembers why the cluster refuses this producer (a wrong password, an unknown CA),
+        # so flush fails at once saying so instead of after its whole timeout.
+        self._refusals = Refusals()
+        self._producer = make_producer(settings, **{"error_cb": self._refusals, **config})
         self._raw_topic = raw_topic(settings)
         self._label_topic = topic_name(settings, LABELS_RAW)
         self.report = ProduceReport()
@@ -148,8 +152,16 @@ class EventProducer:
         self._producer.poll(timeout)
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Wait for every record's acknowledgement; raise DeliveryError if any failed."""
-        remaining = self._producer.flush(timeout)
+        """Wait for every record's acknowledgement; raise DeliveryError if any failed, or
+        KafkaError at once when the cluster refuses this producer's credentials."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
+            if not remaining or time.monotonic() >= deadline:
+                break
+            refused = refusal_error(self._settings, self._refusals, "producing to")
+            if refused is not None:
+                raise refused
         if remaining:
             raise DeliveryError(
                 f"{remaining} records not acknowledged by {self._settings.bootstrap_servers} "
