@@ -7,6 +7,8 @@ each decision as a reader of the decisions topic receives it, waits until every 
 scored or dead-lettered, and reads the summary from ClickHouse through the worker's
 ``POST /sql`` endpoint (chDB: the worker owns the data path while it runs). Everything it
 started it stops again, on errors and Ctrl-C too; the broker only if it was not running.
+With STREAMSCORE_ONLINE_STORE=redis it starts the local Redis online store the same way
+(``streams.infra.redis``; not when STREAMSCORE_REDIS_URL names another host).
 
 Given ``logs``, each step's own output (Feast's prints and progress bars, librdkafka's
 and ONNX Runtime's lines, warnings, log records on stderr) goes to ``logs/<step>.log``
@@ -174,6 +176,8 @@ class DemoSummary:
     models: dict[str, tuple[str, str]] = field(default_factory=dict)  # version → (role, provider)
     durations_s: dict[str, float] = field(default_factory=dict)
     complete: bool = False
+    online_store: str = ""  # STREAMSCORE_ONLINE_STORE
+    features_from: list[str] = field(default_factory=list)  # per scoring process: redis, export
 
     @property
     def dead(self) -> int:
@@ -282,6 +286,8 @@ def summary_json(summary: DemoSummary) -> dict[str, Any]:
                 summary.models.items(), key=lambda kv: (kv[1][0], kv[0])
             )
         ],
+        "online_store": summary.online_store,
+        "features_from": summary.features_from,
         "durations_s": dict(summary.durations_s),
         "total_s": summary.total_seconds,
         "notes": notes,
@@ -359,6 +365,31 @@ def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
             worker.kill()
             worker.wait(10)
     return int(worker.returncode)
+
+
+_SOURCE = re.compile(r'^streamscore_features_age_seconds\{source="([a-z]+)"\}', re.MULTILINE)
+
+
+def feature_sources(settings: Settings, timeout: float = 5.0) -> list[str]:
+    """Where each scoring process of the worker serves features from ("redis", "export"),
+    as its ``/metrics`` say; "?" for one that did not answer."""
+    import urllib.request
+
+    if settings.scorers == 0:
+        ports = [settings.web_port]  # one process runs every stage
+    else:
+        ports = [settings.web_port + 1 + i for i in range(settings.scoring_processes)]
+    found = []
+    for port in ports:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/metrics", timeout=timeout
+            ) as response:
+                match = _SOURCE.search(response.read().decode())
+        except OSError:
+            match = None
+        found.append(match[1] if match else "?")
+    return found
 
 
 def check_alive(worker: subprocess.Popen[bytes], log: Path) -> None:
@@ -504,6 +535,7 @@ def run_demo(
     :func:`captured_output`); None leaves the output where it is.
     """
     from streams.infra.kafka import LocalKafka
+    from streams.infra.redis import LocalRedis
 
     total = config.total_events  # check the arguments before starting anything
     obs = observer or QuietObserver()
@@ -517,6 +549,11 @@ def run_demo(
             with steps.step("broker", f"starting Kafka on {demo.bootstrap_servers}"):
                 kafka.up()
             cleanup.callback(kafka.down)
+        redis = LocalRedis(demo) if demo.online_store == "redis" else None
+        if redis is not None and redis.managed and redis.pid() is None:
+            with steps.step("redis", f"starting Redis on {redis.url}"):
+                redis.up()
+            cleanup.callback(redis.down)
         with steps.step("setup", "topics and ClickHouse migrations"):
             # The demo's lake is rebuilt each run: live events an earlier run archived
             # would otherwise duplicate the history written over the same days now.
@@ -545,6 +582,8 @@ def run_demo(
             clock.wait_for(summary.expected_valid, timeout=30)
             read_summary(sql, summary, config.min_merchant_events)
             summary.decision_latency_ms = latency_percentiles(clock.latencies)
+            summary.online_store = demo.online_store
+            summary.features_from = feature_sources(demo)
         with steps.step("stop", "stopping what the demo started"):
             cleanup.close()
     return summary

@@ -9,6 +9,7 @@
     ├── KafkaError             the cluster refused or failed an operation
     │   └── DeliveryError      a produced record was not acknowledged
     ├── FeatureError           nightly features could not be built or served
+    │   └── FeatureStoreDown   the online store (Redis) did not answer
     ├── ModelError             a model artifact is corrupt, mismatched or cannot load
     ├── SinkError              a sink (ClickHouse, lake) failed to write
     ├── QueryRefused           an analyst's SQL is not one read-only statement, or is not allowed
@@ -82,6 +83,10 @@ class DeliveryError(KafkaError):
 
 class FeatureError(StreamscoreError):
     """Features could not be built, materialised or served."""
+
+
+class FeatureStoreDown(FeatureError):
+    """The online store (Redis) refused the connection, timed out or refused the login."""
 
 
 class ModelError(StreamscoreError):

@@ -135,6 +135,7 @@ def _run_nightly(
     output: Path | None,
 ) -> NightlyRun:
     from streams.clickhouse import apply_migrations, connect
+    from streams.features.redis_store import check_reachable, materializing
     from streams.features.registry import load_service_layout
 
     end = nightly_date or datetime.now(UTC).date()
@@ -163,6 +164,7 @@ def _run_nightly(
         apply_migrations(ch, settings.clickhouse_database)
         try:
             layout = load_service_layout(settings, settings.feature_service)
+            check_reachable(settings)  # the Redis online store: before dbt's minutes, not after
             with step("dbt_build"):
                 _dbt_build(settings, start, end, progress, log)
             with step("export"):
@@ -176,7 +178,11 @@ def _run_nightly(
                 )
             with step("feast_apply"), feast_output_to(log):
                 store = _feast_apply(settings)
-            with step("materialize"), feast_output_to(log):
+            with (
+                step("materialize"),
+                feast_output_to(log),
+                materializing(settings, run_id, end, rows),  # Redis: marks, errors named
+            ):
                 _materialize(store, layout, end)
         except Exception as exc:
             discard_run_export(settings, run_id)  # only successful runs are served or replayed

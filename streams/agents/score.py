@@ -512,6 +512,7 @@ def register_score_agent(
     state.metrics = metrics
     if metrics is not None:
         metrics.set_models(state.served_models(), state.served_placement())
+        metrics.watch_features(state.features)  # online store up, served run's age
     agent = BatchAgent(
         settings,
         "score",

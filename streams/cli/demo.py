@@ -75,7 +75,8 @@ def demo(
 ) -> None:
     """History → nightly features → trained models → worker → live stream → summary.
 
-    Starts the local Kafka broker if needed, bootstraps a simulated world in
+    Starts the local Kafka broker if needed (and the local Redis online store with
+    STREAMSCORE_ONLINE_STORE=redis), bootstraps a simulated world in
     STREAMSCORE_HOME (models in <home>/models), streams live transactions with fraud and
     invalid records (event times on the wall clock) through a worker (score, sink, dlq,
     lake), times each decision on the decisions topic, waits until every event is scored

@@ -12,6 +12,10 @@ builds a complete new snapshot and swaps one reference, so a lookup never mixes 
 A run recorded before runs kept their exports has no folder: the live worker then reads
 the dated export (and logs it); a replay refuses it (``require_kept``), since a rerun or
 backfill may have overwritten that file since.
+
+With STREAMSCORE_ONLINE_STORE=redis the live worker reads the run from Redis instead, into
+the same tables (``streams.features.redis_store``, which says what happens while Redis
+is down); replays read kept exports either way.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from streams.features.run_exports import read_manifest, verified_files
 from streams.features.runs import NightlyRun
 
 if TYPE_CHECKING:
+    from streams.features.redis_store import RedisFeatures
     from streams.settings import Settings
 
 __all__ = ["LatestRun", "OnlineFeatures", "Snapshot", "SnapshotFeatures"]
@@ -63,6 +68,7 @@ class Snapshot:
     feature_date: date
     run_id: str
     tables: tuple[_EntityTable, ...]
+    source: str = "export"  # where it was loaded from: "export" (Parquet) or "redis"
 
 
 class OnlineFeatures:
@@ -86,6 +92,13 @@ class OnlineFeatures:
         self._latest_run = latest_run or self._latest_run_from_clickhouse
         self._snapshot: Snapshot | None = None
         self._mean_column = self.entity_feature_names.index(ACCOUNT_MEAN_FEATURE)
+        # STREAMSCORE_ONLINE_STORE=redis: the live run is read from Redis (fetch_newer);
+        # read_run (replays, fallbacks) reads the kept exports either way.
+        self._redis: RedisFeatures | None = None
+        if settings.online_store == "redis":
+            from streams.features.redis_store import RedisFeatures
+
+            self._redis = RedisFeatures(settings)
 
     @property
     def layout(self) -> ServiceLayout:
@@ -129,8 +142,56 @@ class OnlineFeatures:
             run.run_id,
             run.nightly_date,
         ):
+            if self._redis is not None:
+                self._redis.ping()  # streamscore_feature_store_up between loads too
             return None
+        if self._redis is not None:
+            return self._read_from_redis(run)
         return self.read_run(run)
+
+    def _read_from_redis(self, run: NightlyRun) -> Snapshot | None:
+        """``run`` from Redis; when that fails, what ``streams.features.redis_store`` says:
+        keep the served run, or with none, serve the run's kept export, or raise."""
+        assert self._redis is not None
+        try:
+            views = self._redis.read_run(self._layout, run)
+        except FeatureError as exc:
+            if self._snapshot is not None:
+                log.warning(
+                    "feature reload failed, keeping nightly run %s: %s", self._snapshot.run_id, exc
+                )
+                return None
+            if not self.has_kept(run):
+                raise FeatureError(
+                    f"{exc}; nightly run {run.run_id} kept no export here to serve instead: "
+                    "nothing is scored until Redis answers"
+                ) from None
+            log.warning(
+                "%s; serving nightly run %s from its local export until a later run loads",
+                exc, run.run_id,
+            )  # fmt: skip
+            return self.read_run(run, require_kept=True)
+        tables = tuple(
+            _table(view, rows.ids, rows.values)
+            for view, rows in zip(self._layout.views, views, strict=True)
+        )
+        return Snapshot(run.nightly_date, run.run_id, tables, source="redis")
+
+    @property
+    def online_store(self) -> str:
+        return self._settings.online_store
+
+    @property
+    def store_up(self) -> bool | None:
+        """Whether Redis answered its last check; None when no store is checked (SQLite:
+        runs are served from their exports) or before the first."""
+        return None if self._redis is None else self._redis.up
+
+    @property
+    def served_source(self) -> str | None:
+        """Where the served run was loaded from ("redis", "export"), None before one is."""
+        snapshot = self._snapshot
+        return snapshot.source if snapshot else None
 
     def has_kept(self, run: NightlyRun) -> bool:
         """Whether ``run`` kept its features by run id (not pruned, not from before)."""
@@ -297,13 +358,19 @@ def _vectors(
 
 def _load_table(view: ViewLayout, path: Path) -> _EntityTable:
     table = pq.read_table(path, columns=[view.join_key, *view.columns])
-    defaults = np.array([[f.default for f in view.features]], dtype=np.float32)
     values = (
         np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in view.columns])
         if table.num_rows
         else np.empty((0, len(view.columns)), dtype=np.float32)
     )
-    keys = table.column(view.join_key).to_pylist()
+    return _table(view, table.column(view.join_key).to_pylist(), values)
+
+
+def _table(
+    view: ViewLayout, keys: Sequence[object], values: npt.NDArray[np.float32]
+) -> _EntityTable:
+    """An entity table of ``keys`` (row order of ``values``) plus the defaults row."""
+    defaults = np.array([[f.default for f in view.features]], dtype=np.float32)
     return _EntityTable(
         index={str(k): i for i, k in enumerate(keys)},
         values=np.ascontiguousarray(np.vstack([values, defaults]), dtype=np.float32),

@@ -22,6 +22,7 @@ from streams.redact import redact
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+    from redis import Redis
 
     from streams.settings import Settings
 
@@ -29,11 +30,15 @@ __all__ = [
     "FeastDefinitions",
     "feature_store",
     "load_definitions",
+    "redis_client",
     "redis_connection_string",
     "repo_config",
 ]
 
 PROJECT = "streamscore"
+# How Feast encodes entity keys in the online store; streams.features.redis_store reads
+# Redis keys with the same version.
+ENTITY_KEY_SERIALIZATION_VERSION = 3
 # TLS options of redis-py that a rediss:// URL may carry as query parameters.
 _REDIS_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 REPO_MODULES = ("entities", "data_sources", "feature_views", "feature_services")
@@ -124,10 +129,9 @@ def _connection_value(name: str, value: str) -> str:
     return value
 
 
-def redis_connection_string(settings: Settings) -> str:
-    """Feast's Redis ``connection_string`` for ``settings.redis_url``: ``host:port,db=N``
-    plus ``username=``, ``password=`` (the URL's or STREAMSCORE_REDIS_PASSWORD) and
-    ``ssl=true`` for ``rediss://``. It holds the password: show it only through ``redact``."""
+def _redis_options(settings: Settings) -> tuple[str, int, list[tuple[str, str]]]:
+    """Host, port and ``name=value`` options of ``settings.redis_url`` (checked): what
+    Feast's connection string carries and what :func:`redis_client` connects with."""
     url = urlsplit(settings.redis_url)
     shown = redact(settings.redis_url)
     if url.scheme not in ("redis", "rediss"):
@@ -145,17 +149,17 @@ def redis_connection_string(settings: Settings) -> str:
             f"STREAMSCORE_REDIS_URL={shown!r}: the path must be a database number and the "
             "host a name or an IPv4 address (Feast's connection string cannot carry IPv6)"
         )
-    parts = [f"{host}:{port}", f"db={database}"]
+    options = [("db", database)]
     if url.username:
-        parts.append(f"username={_connection_value('user name', unquote(url.username))}")
+        options.append(("username", _connection_value("user name", unquote(url.username))))
     if settings.redis_password is not None:
         password: str | None = settings.redis_password.get_secret_value()
     else:
         password = unquote(url.password) if url.password else None
     if password:
-        parts.append(f"password={_connection_value('password', password)}")
+        options.append(("password", _connection_value("password", password)))
     if url.scheme == "rediss":
-        parts.append("ssl=true")
+        options.append(("ssl", "true"))
     query = parse_qs(url.query)
     unknown = sorted(set(query) - set(_REDIS_TLS_OPTIONS))
     if unknown or (query and url.scheme != "rediss"):
@@ -165,8 +169,33 @@ def redis_connection_string(settings: Settings) -> str:
         )
     for name in _REDIS_TLS_OPTIONS:
         if name in query:
-            parts.append(f"{name}={_connection_value(name, query[name][-1])}")
-    return ",".join(parts)
+            options.append((name, _connection_value(name, query[name][-1])))
+    return host, port, options
+
+
+def redis_connection_string(settings: Settings) -> str:
+    """Feast's Redis ``connection_string`` for ``settings.redis_url``: ``host:port,db=N``
+    plus ``username=``, ``password=`` (the URL's or STREAMSCORE_REDIS_PASSWORD) and
+    ``ssl=true`` for ``rediss://``. It holds the password: show it only through ``redact``."""
+    host, port, options = _redis_options(settings)
+    return ",".join([f"{host}:{port}", *(f"{name}={value}" for name, value in options)])
+
+
+def redis_client(settings: Settings, timeout: float = 5.0) -> Redis:
+    """A redis-py client for ``settings.redis_url``, with the same host, database, user,
+    password and TLS options Feast's connection string gives Feast's own client, and
+    socket timeouts (Feast's client has none: a hung server would hang it). It connects
+    when first used."""
+    from redis import Redis
+
+    host, port, options = _redis_options(settings)
+    # Feast JSON-decodes each value (db=0 → 0, ssl=true → True); the same here.
+    kwargs: dict[str, Any] = {
+        name: json.loads(v) if name in ("db", "ssl") else v for name, v in options
+    }
+    return Redis(
+        host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout, **kwargs
+    )
 
 
 def repo_config(settings: Settings) -> Any:
@@ -178,7 +207,15 @@ def repo_config(settings: Settings) -> Any:
     if settings.online_store == "sqlite":
         online = {"type": "sqlite", "path": str(root / "online.db")}
     elif settings.online_store == "redis":
-        online = {"type": "redis", "connection_string": redis_connection_string(settings)}
+        # skip_dedup: the last materialisation wins, as in SQLite (Feast's default keeps a
+        # value whose stored timestamp is not older, so a rerun of a date would leave the
+        # first run's values behind). The serving side checks what a view holds against
+        # the run it loads (streams.features.redis_store).
+        online = {
+            "type": "redis",
+            "connection_string": redis_connection_string(settings),
+            "skip_dedup": True,
+        }
     else:
         raise ConfigError(
             f"STREAMSCORE_ONLINE_STORE={settings.online_store!r}: use 'sqlite' or 'redis'"
@@ -189,7 +226,7 @@ def repo_config(settings: Settings) -> Any:
         registry={"path": str(root / "registry.db"), "cache_ttl_seconds": 60},
         online_store=online,
         offline_store={"type": "file"},
-        entity_key_serialization_version=3,
+        entity_key_serialization_version=ENTITY_KEY_SERIALIZATION_VERSION,
         repo_path=root,
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "OUTCOMES",
     "BulkHistogram",
     "NodePlacement",
+    "ServedFeatures",
     "WorkerMetrics",
     "consumer_lag",
     "register_metrics_endpoint",
@@ -206,6 +208,56 @@ class _PlacementCollector(Collector):
         yield from (nodes, share, capable)
 
 
+class ServedFeatures(Protocol):
+    """What a scoring stage serves features from (``streams.features.online.OnlineFeatures``)."""
+
+    @property
+    def online_store(self) -> str: ...
+
+    @property
+    def store_up(self) -> bool | None: ...
+
+    @property
+    def served_source(self) -> str | None: ...
+
+    @property
+    def feature_date(self) -> date | None: ...
+
+
+class _FeaturesCollector(Collector):
+    """Whether the online store answers and how old the served features are, read from
+    the scoring stage's features at each scrape (attributes only: no I/O here)."""
+
+    def __init__(self) -> None:
+        self.features: ServedFeatures | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "streamscore_feature_store_up",
+            "1 when the online store (Redis) answered its last check (each feature load and "
+            "each 30 s reload), 0 when not: the served features stay, newer runs wait. "
+            "Absent when features come from the nightly exports (STREAMSCORE_ONLINE_STORE=sqlite).",
+            labels=("store",),
+        )
+        age = GaugeMetricFamily(
+            "streamscore_features_age_seconds",
+            "Seconds since midnight UTC of the served nightly run's date (its features use "
+            "events before it), by where the run was loaded from (redis, or export: its "
+            "Parquet export, also what serves while Redis was down at start-up).",
+            labels=("source",),
+        )
+        features = self.features
+        if features is not None:
+            state = features.store_up
+            if state is not None:
+                up.add_metric([features.online_store], 1.0 if state else 0.0)
+            day, source = features.feature_date, features.served_source
+            if day is not None and source is not None:
+                midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                age.add_metric([source], (datetime.now(UTC) - midnight).total_seconds())
+        yield from (up, age)
+
+
 def consumer_lag(consumer: Any) -> dict[tuple[str, int], int]:
     """Lag per assigned partition of a confluent-kafka ``Consumer``, from local state only.
 
@@ -280,6 +332,8 @@ class WorkerMetrics:
         )
         self._placement = _PlacementCollector()
         registry.register(self._placement)
+        self._features = _FeaturesCollector()
+        registry.register(self._features)
         self.drift_psi = Gauge(
             "streamscore_drift_psi",
             "Population stability index of a feature (or __score__) in the last closed window.",
@@ -365,6 +419,10 @@ class WorkerMetrics:
         """The drift code's result for one feature of one model in the last closed window."""
         self.drift_psi.labels(model_version, feature).set(psi)
         self.drift_alert.labels(model_version, feature).set(1 if alert else 0)
+
+    def watch_features(self, features: ServedFeatures) -> None:
+        """Export the online store's health and the served run's age from ``features``."""
+        self._features.features = features
 
     # -- exposition ----------------------------------------------------------------------
     def exposition(self) -> bytes:

@@ -18,7 +18,7 @@ import pytest
 
 from streams.errors import FeatureError
 from streams.settings import Settings
-from tests.integration.conftest import FEAST_STACK_MARKS
+from tests.integration.conftest import FEAST_STACK_MARKS, local_redis
 
 pytestmark = FEAST_STACK_MARKS
 
@@ -45,6 +45,31 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     yield {"root": root, "lake": lake, "settings": settings, "client": client, "run": run}
     client.close()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_world(world: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The same lake and nightly date, materialised into a real redis-server (started by
+    the project's code) instead of SQLite; its runs in a ClickHouse database of its own."""
+    from streams.nightly import run_nightly
+
+    root = world["root"]
+    with local_redis(root / "redis-home") as fields:
+        settings = _settings(root / "redis-home", world["lake"], root / "chdb").model_copy(
+            update={**fields, "clickhouse_database": "redis_world"}
+        )
+        world["client"].command("create database if not exists redis_world")
+        run = run_nightly(settings, D, start_date=D - timedelta(days=2), client=world["client"])
+        yield {**world, "settings": settings, "run": run, "source": "redis"}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def served(request: pytest.FixtureRequest, world: dict[str, Any]) -> dict[str, Any]:
+    """The world whose online store is ``sqlite`` (served from the run's export) or
+    ``redis`` (served from Redis): the skew tests must pass on both alike."""
+    if request.param == "sqlite":
+        return {**world, "source": "export"}
+    return dict(request.getfixturevalue("redis_world"))
 
 
 def _mart(settings: Settings, model: str, day: date) -> pa.Table:
@@ -75,16 +100,18 @@ def test_nightly_builds_materialises_and_records(world: dict[str, Any]) -> None:
         assert _mart(settings, "account_features", day).num_rows > 0
 
 
-def test_feast_online_store_holds_the_same_values(world: dict[str, Any]) -> None:
+def test_feast_online_store_holds_the_same_values(served: dict[str, Any]) -> None:
     from streams.features.online import OnlineFeatures
     from streams.features.runs import latest_successful_run
     from streams.features.store import feature_store
 
-    settings, client = world["settings"], world["client"]
+    settings, client = served["settings"], served["client"]
+    database = settings.clickhouse_database
     online = OnlineFeatures(
-        settings, latest_run=lambda: latest_successful_run(client, "streamscore", "fraud_v1")
+        settings, latest_run=lambda: latest_successful_run(client, database, "fraud_v1")
     )
     assert online.refresh_if_newer() and online.feature_date == D
+    assert online.served_source == served["source"]
     assert not online.refresh_if_newer()  # same run: nothing to swap
     accounts = _mart(settings, "account_features", D).column("account_id").to_pylist()[:5]
     names = [f for f in online.entity_feature_names if f.startswith("account__")]
@@ -171,25 +198,30 @@ def test_features_at_d_ignore_events_on_and_after_d(world: dict[str, Any]) -> No
     )
 
 
-def test_serving_lookup_equals_training_set(world: dict[str, Any]) -> None:
+def test_serving_lookup_equals_training_set(served: dict[str, Any]) -> None:
     import duckdb
 
     from streams.features.online import OnlineFeatures
+    from streams.features.runs import latest_successful_run
     from streams.features.training import build_training_set
 
-    settings = world["settings"]
+    settings = served["settings"]
     start = datetime(D.year, D.month, D.day, tzinfo=UTC)
     training = build_training_set(settings, start - timedelta(days=2), start + timedelta(days=1))
     names = training.schema.names
     assert names[:3] == ["event_id", "event_time", "is_fraud"]
-    online = OnlineFeatures(settings, latest_run=lambda: None)
+    database = settings.clickhouse_database
+    online = OnlineFeatures(
+        settings, latest_run=lambda: latest_successful_run(served["client"], database, "fraud_v1")
+    )
     assert list(names[3:]) == list(online.layout.spec.names)
     assert training.schema.field("is_fraud").type == pa.int8()
     assert pc.sum(training.column("is_fraud")).as_py() >= 0
     on_d = training.filter(pc.greater_equal(training.column("event_time"), pa.scalar(start)))
     assert on_d.num_rows > 0
 
-    online.load(D)
+    assert online.refresh_if_newer() and online.feature_date == D  # the nightly run, served
+    assert online.served_source == served["source"]  # from its export, or from Redis
     con = duckdb.connect(str(settings.home / "features.duckdb"), read_only=True)
     try:
         events = con.sql(
