@@ -1,0 +1,576 @@
+"""Materialise Feast feature views into the online store in bulk, in Feast's own layout.
+
+Feast's ``materialize`` pulls a view's rows through pandas (its file offline store reads
+every dated export of the view, not just the window), makes one ``ValueProto`` object per
+value and writes them one at a time: at 100,000 accounts that is 11 M SQLite rows in
+4.6 minutes and 4 GB, and a million accounts does not fit in memory. This module writes
+exactly what Feast would write, from the same registry objects, in bulk:
+
+* the views, their features and dtypes, entity join keys, batch source (path, timestamp
+  field) and the online table's name all come from Feast (``FeatureStore.get_feature_view``
+  after ``apply``, Feast's own ``_table_id`` and ``_redis_key`` conventions): nothing is
+  restated here;
+* the rows are Feast's: those of the view's file source with an event time in
+  ``[start, end]`` (both ends inclusive, as Feast's file offline store), the latest per
+  entity;
+* entity keys (``serialize_entity_key``, version 3) and values (``ValueProto``: double,
+  float, int32, int64, bool) are encoded with numpy over whole columns, byte for byte what
+  Feast's serialisers produce (tests/unit/test_bulk_write.py compares them, and the rows
+  Feast's own ``online_write_batch`` writes, on every edge case);
+* SQLite (Feast's ``<project>_<view>`` table, Feast's upsert): every row of a view in
+  one transaction, so readers see the old run or the new one, in primary-key order, so
+  B-tree pages are appended, not revisited; one statement per entity upserts all its
+  features (the key bound once); ``value_text`` is filled as Feast fills it;
+* Redis (one hash per entity, ``mmh3("<view>:<feature>")`` fields and ``_ts:<view>``):
+  ``HSET`` commands encoded as RESP with numpy and pipelined in batches of
+  ``REDIS_BATCH`` entities; as with Feast's ``skip_dedup``, the last write wins.
+
+After each view, the materialisation interval is recorded in Feast's registry
+(``apply_materialization``), as ``FeatureStore.materialize`` does. Feast's
+``get_online_features`` reads what this wrote (tests/integration/test_nightly.py).
+A view this cannot write (another source or online store type, a non-string join key or
+a feature dtype outside the five above) raises FeatureError naming it, before any write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streams.errors import FeatureError
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, FeatureView
+
+__all__ = [
+    "REDIS_BATCH",
+    "SQLITE_CHUNK",
+    "SQLITE_GROUP",
+    "ViewPlan",
+    "encode_entity_keys",
+    "encode_values",
+    "latest_per_entity",
+    "materialize_views",
+    "read_latest",
+    "value_texts",
+    "view_plan",
+    "write_redis",
+    "write_sqlite",
+]
+
+SQLITE_CHUNK = 20_000  # entities encoded at a time for SQLite (≈ 1 M rows, ≈ 100 MB)
+SQLITE_GROUP = 400  # features per upsert statement (SQLite binds at most 32,766 values)
+REDIS_BATCH = 10_000  # entities per pipelined batch of HSETs
+_ENTITY_KEY_VERSION = 3  # the only version Feast writes (streams.features.store)
+_STRING = 2  # feast ValueType.STRING: the type tag of a join key and of its value
+# ValueProto oneof fields: the tag byte (field number << 3 | wire type) per value type.
+_TAGS = {"DOUBLE": 0x29, "FLOAT": 0x35, "INT32": 0x18, "INT64": 0x20, "BOOL": 0x38}
+_WIDTH = {"DOUBLE": 8, "FLOAT": 4}  # fixed-width values; the others are varints
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPlan:
+    """What the bulk writer needs of one Feast feature view, as Feast's registry holds it."""
+
+    name: str
+    join_key: str
+    features: tuple[tuple[str, str], ...]  # (feature, value type name), the view's order
+    source_path: Path
+    timestamp_field: str
+
+
+def view_plan(view: FeatureView, repo_path: Path) -> ViewPlan:
+    """The plan for ``view`` (a registry object), or FeatureError if it is not writable here."""
+    from feast import FileSource
+
+    source = view.batch_source
+    if not isinstance(source, FileSource):
+        raise FeatureError(
+            f"feature view {view.name}: the bulk writer reads file sources only, not "
+            f"{type(source).__name__}"
+        )
+    if source.field_mapping or source.created_timestamp_column:
+        raise FeatureError(
+            f"feature view {view.name}: the bulk writer takes no field mapping or created "
+            "timestamp column on its source"
+        )
+    entities = list(view.entity_columns)
+    if len(entities) != 1 or entities[0].dtype.to_value_type().name != "STRING":
+        raise FeatureError(
+            f"feature view {view.name}: the bulk writer writes views with one string join "
+            f"key, not {[(f.name, str(f.dtype)) for f in entities]}"
+        )
+    features: list[tuple[str, str]] = []
+    for field in view.features:
+        kind = field.dtype.to_value_type().name
+        if kind not in _TAGS:
+            raise FeatureError(
+                f"feature view {view.name}: feature {field.name} is {kind}; the bulk writer "
+                f"writes {', '.join(sorted(_TAGS))}"
+            )
+        features.append((field.name, kind))
+    path = Path(source.path)
+    if "://" in source.path:
+        raise FeatureError(f"feature view {view.name}: {source.path} is not a local path")
+    return ViewPlan(
+        name=view.name,
+        join_key=entities[0].name,
+        features=tuple(features),
+        source_path=path if path.is_absolute() else Path(repo_path) / path,
+        timestamp_field=source.timestamp_field,
+    )
+
+
+# -- reading ---------------------------------------------------------------------------
+def read_latest(plan: ViewPlan, start: datetime, end: datetime) -> pa.Table:
+    """The view's source rows with an event time in ``[start, end]``, the latest per
+    entity (Feast's file offline store: both ends inclusive, the last row of the newest
+    event time wins), sorted by entity key. Only the files whose statistics overlap the
+    window are read."""
+    import pyarrow.dataset as ds
+
+    if not plan.source_path.exists():
+        raise FeatureError(f"feature view {plan.name}: no source data at {plan.source_path}")
+    columns = [plan.join_key, plan.timestamp_field, *(name for name, _ in plan.features)]
+    dataset = ds.dataset(str(plan.source_path), format="parquet")
+    missing = sorted(set(columns) - set(dataset.schema.names))
+    if missing:
+        raise FeatureError(
+            f"feature view {plan.name}: {plan.source_path} lacks columns {', '.join(missing)}"
+        )
+    stamp = ds.field(plan.timestamp_field)
+    ts_type = dataset.schema.field(plan.timestamp_field).type
+    low, high = (pa.scalar(_aware(t), type=ts_type) for t in (start, end))
+    table = dataset.to_table(columns=columns, filter=(stamp >= low) & (stamp <= high))
+    return latest_per_entity(plan, table)
+
+
+def latest_per_entity(plan: ViewPlan, table: pa.Table) -> pa.Table:
+    """``table``'s newest row per entity (the later row on a tie of event times), sorted
+    by serialised entity key: the online table's primary-key order."""
+    table = table.combine_chunks()
+    keys = table.column(plan.join_key)
+    if keys.null_count:
+        raise FeatureError(f"feature view {plan.name}: {keys.null_count} rows have no join key")
+    if pc.count_distinct(keys).as_py() != table.num_rows:
+        table = table.append_column("__row", pa.array(np.arange(table.num_rows)))
+        table = table.sort_by(
+            [
+                (plan.join_key, "ascending"),
+                (plan.timestamp_field, "descending"),
+                ("__row", "descending"),
+            ]
+        )
+        sorted_keys = table.column(plan.join_key).to_numpy(zero_copy_only=False)
+        first = np.ones(len(sorted_keys), dtype=bool)
+        first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        table = table.filter(pa.array(first)).drop_columns(["__row"])
+    order = pc.sort_indices(encode_entity_keys(plan.join_key, table.column(plan.join_key)))
+    return table.take(order)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# -- encoding --------------------------------------------------------------------------
+def _join(pieces: Sequence[bytes | pa.Array]) -> pa.Array:
+    """Row ``i`` is the concatenation of every piece's row ``i`` (a ``bytes`` piece is the
+    same in every row): Arrow's element-wise join, one pass in C++."""
+    arguments = [
+        pa.scalar(piece, type=pa.binary()) if isinstance(piece, bytes) else piece
+        for piece in pieces
+    ]
+    if not any(isinstance(piece, pa.Array) for piece in arguments):
+        raise ValueError("at least one piece must be an array")
+    return pc.binary_join_element_wise(*arguments, pa.scalar(b"", type=pa.binary()))
+
+
+def _binary(data: npt.NDArray[np.uint8], sizes: npt.NDArray[np.int64]) -> pa.Array:
+    """A binary array of ``len(sizes)`` rows cut from ``data`` back to back."""
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    large = offsets[-1] >= 2**31
+    return pa.Array.from_buffers(
+        pa.large_binary() if large else pa.binary(),
+        len(sizes),
+        [None, pa.py_buffer(offsets if large else offsets.astype(np.int32)), pa.py_buffer(data)],
+    )
+
+
+def _fixed(rows: npt.NDArray[np.uint8]) -> pa.Array:
+    """An ``(n, width)`` byte matrix as a binary array of ``n`` rows."""
+    n, width = rows.shape
+    return _binary(np.ascontiguousarray(rows).reshape(-1), np.full(n, width, dtype=np.int64))
+
+
+def encode_entity_keys(join_key: str, ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Feast's ``serialize_entity_key`` (version 3) of ``{join_key: id}`` for each string id:
+    key count, then the key (type, length, UTF-8), then the value (type, length, UTF-8)."""
+    name = join_key.encode("utf-8")
+    head = struct.pack("<III", 1, _STRING, len(name)) + name + struct.pack("<I", _STRING)
+    array = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    sizes = np.asarray(pc.binary_length(array).to_numpy(zero_copy_only=False), dtype="<u4")
+    return _join([head, _fixed(sizes.view(np.uint8).reshape(-1, 4)), array.cast(pa.binary())])
+
+
+def _varints(values: npt.NDArray[np.uint64], tag: int) -> pa.Array:
+    """``tag`` then the protobuf base-128 varint of each value (1 to 10 bytes)."""
+    n = len(values)
+    groups = np.empty((n, 11), dtype=np.uint8)
+    groups[:, 0] = tag
+    rest = values.copy()
+    for i in range(1, 11):
+        groups[:, i] = (rest & np.uint64(0x7F)).astype(np.uint8)
+        rest >>= np.uint64(7)
+    # bytes needed: the position of the highest non-zero 7-bit group, at least one
+    nonzero = groups[:, 1:] != 0
+    sizes = np.where(nonzero.any(axis=1), 10 - np.argmax(nonzero[:, ::-1], axis=1), 1)
+    position = np.arange(11)
+    groups[(position >= 1) & (position < sizes[:, None])] |= 0x80  # continuation bits
+    return _binary(groups[position <= sizes[:, None]], sizes + 1)
+
+
+def _with_nulls(values: pa.Array, present: npt.NDArray[np.bool_]) -> pa.Array:
+    """``values`` (one row per present value, as built here: no offset) spread over all
+    rows, ``b""`` where a value is absent."""
+    if present.all():
+        return values
+    lengths = np.asarray(pc.binary_length(values).to_numpy(zero_copy_only=False), dtype=np.int64)
+    data_buffer = values.buffers()[2]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else None
+    sizes = np.zeros(len(present), dtype=np.int64)
+    sizes[present] = lengths
+    if data is None:
+        data = np.empty(0, dtype=np.uint8)
+    return _binary(data[: int(lengths.sum())], sizes)
+
+
+def encode_values(column: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
+    """``ValueProto(<kind>_val=v).SerializeToString()`` for each value; a null (or NaN,
+    which Feast takes for a null) gives Feast's empty ``ValueProto``: no bytes."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    tag = _TAGS[kind]
+    if kind in _WIDTH:
+        dtype = np.dtype(np.float64 if kind == "DOUBLE" else np.float32).newbyteorder("<")
+        numbers = np.asarray(
+            array.cast(pa.from_numpy_dtype(dtype.type))
+            .fill_null(np.nan)
+            .to_numpy(zero_copy_only=False),
+            dtype=dtype,
+        )
+        present = ~np.isnan(numbers)
+        kept = numbers[present]
+        fixed = np.empty((len(kept), dtype.itemsize + 1), dtype=np.uint8)
+        fixed[:, 0] = tag
+        fixed[:, 1:] = kept.view(np.uint8).reshape(len(kept), dtype.itemsize)
+        return _with_nulls(_fixed(fixed), present)
+    target = pa.bool_() if kind == "BOOL" else pa.int32() if kind == "INT32" else pa.int64()
+    try:
+        typed = array.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise FeatureError(f"a {kind} feature holds values that are not {kind}: {exc}") from exc
+    present = np.asarray(typed.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    filled = typed.fill_null(False if kind == "BOOL" else 0)
+    # int32 and int64 go on the wire as the 64-bit two's complement (negatives: 10 bytes)
+    numbers = np.asarray(filled.to_numpy(zero_copy_only=False)).astype(np.int64).view(np.uint64)
+    return _with_nulls(_varints(numbers[present], tag), present)
+
+
+def value_texts(column: pa.Array | pa.ChunkedArray, kind: str) -> list[str | None]:
+    """What Feast's SQLite store writes to ``value_text``: ``str`` of the value as Python
+    reads it back from the ``ValueProto`` (``None`` for a null). One ``str`` per distinct
+    value (by bit pattern, so ``-0.0`` stays ``'-0.0'``)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if kind in _WIDTH:
+        dtype = np.float64 if kind == "DOUBLE" else np.float32
+        numbers = np.asarray(
+            array.cast(pa.from_numpy_dtype(dtype)).fill_null(np.nan).to_numpy(zero_copy_only=False),
+            dtype=dtype,
+        ).astype(np.float64)
+        present = ~np.isnan(numbers)
+        bits = numbers.view(np.int64)
+        unique, inverse = np.unique(bits, return_inverse=True)
+        texts: list[str | None] = [str(v) for v in unique.view(np.float64).tolist()]
+    else:
+        target = pa.bool_() if kind == "BOOL" else pa.int64()
+        typed = array.cast(target)
+        present = np.asarray(typed.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        numbers_int = np.asarray(
+            typed.fill_null(False if kind == "BOOL" else 0).to_numpy(zero_copy_only=False)
+        ).astype(np.int64)
+        unique, inverse = np.unique(numbers_int, return_inverse=True)
+        texts = [str(bool(v)) if kind == "BOOL" else str(v) for v in unique.tolist()]
+    out = [texts[i] for i in inverse.tolist()]
+    if not present.all():
+        for i in np.flatnonzero(~present).tolist():
+            out[i] = None
+    return out
+
+
+# -- SQLite ----------------------------------------------------------------------------
+def _sqlite_path(config: Any) -> Path:
+    path = Path(config.online_store.path)
+    return path if path.is_absolute() else Path(config.repo_path) / path
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sqlite_statements(quoted: str, names: Sequence[str], event_ts: int, group: int) -> list[str]:
+    """Upserts of one entity's rows, ``group`` features per statement: the entity
+    key bound once (``?1``), each feature's value and text after it; the feature names and
+    the event time (an int) are literals. Binding 1 + 2F values per entity instead of 6F
+    makes SQLite, not Python, the cost (420k rows/s against 290k row by row)."""
+    statements = []
+    for begin in range(0, len(names), group):
+        rows = ", ".join(
+            f"(?1, {_sql_text(name)}, ?{2 + 2 * j}, ?{3 + 2 * j}, {int(event_ts)}, null)"
+            for j, name in enumerate(names[begin : begin + group])
+        )
+        statements.append(
+            f"insert into {quoted} (entity_key, feature_name, value, value_text, event_ts, "  # noqa: S608 - Feast's table and feature names, quoted
+            f"created_ts) values {rows} on conflict(entity_key, feature_name) do update set "
+            "value = excluded.value, value_text = excluded.value_text, "
+            "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+        )
+    return statements
+
+
+def _sqlite_entities(
+    plan: ViewPlan, table: pa.Table, names: Sequence[str], chunk: int, group: int
+) -> Iterator[list[list[tuple[Any, ...]]]]:
+    """Per chunk of ``chunk`` entities, per statement group: one parameter tuple per entity
+    (its key, then value and text of each of the group's features)."""
+    kinds = dict(plan.features)
+    for begin in range(0, table.num_rows, chunk):
+        part = table.slice(begin, chunk)
+        keys = encode_entity_keys(plan.join_key, part.column(plan.join_key)).to_pylist()
+        groups = []
+        for first in range(0, len(names), group):
+            columns: list[list[Any]] = [keys]
+            for name in names[first : first + group]:
+                columns.append(encode_values(part.column(name), kinds[name]).to_pylist())
+                columns.append(value_texts(part.column(name), kinds[name]))
+            groups.append(list(zip(*columns, strict=True)))
+        yield groups
+
+
+def write_sqlite(
+    config: Any,
+    view: FeatureView,
+    plan: ViewPlan,
+    table: pa.Table,
+    *,
+    chunk: int = SQLITE_CHUNK,
+    group: int = SQLITE_GROUP,
+) -> int:
+    """Upsert ``table``'s rows into Feast's SQLite table of ``view`` in one transaction;
+    the number of rows (entity × feature) written."""
+    from feast.infra.online_stores.sqlite import _table_id, adapt_datetime_epoch
+    from feast.utils import to_naive_utc
+
+    if getattr(config.online_store, "vector_enabled", False):
+        raise FeatureError(f"feature view {view.name}: the bulk writer writes no vector store")
+    if table.num_rows == 0:
+        return 0
+    name = _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+    stamps = table.column(plan.timestamp_field).unique()
+    if len(stamps) != 1:
+        raise FeatureError(
+            f"feature view {view.name}: the bulk writer writes rows of one event time, "
+            f"this window holds {len(stamps)}"
+        )
+    # Feast stores event_ts as its adapter does: whole seconds of the naive UTC time
+    event_ts = adapt_datetime_epoch(to_naive_utc(stamps[0].as_py()))
+    quoted = '"' + name.replace('"', '""') + '"'
+    path = _sqlite_path(config)
+    connection = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        columns = {row[1] for row in connection.execute(f"pragma table_info({quoted})")}
+        wanted = {"entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts"}
+        if not wanted <= columns:
+            raise FeatureError(
+                f"{path} has no Feast table {name} with columns {', '.join(sorted(wanted))} "
+                "(run feast apply first)"
+            )
+        if "value_num" in columns:
+            raise FeatureError(f"{path}: table {name} has value_num; the bulk writer omits it")
+        connection.execute("pragma cache_size = -262144")  # 256 MiB of pages for the B-trees
+        # primary-key order: entities by key bytes (read_latest), features by name
+        names = sorted(feature for feature, _ in plan.features)
+        statements = _sqlite_statements(quoted, names, event_ts, group)
+        connection.execute("begin immediate")
+        try:
+            for groups in _sqlite_entities(plan, table, names, chunk, group):
+                for statement, parameters in zip(statements, groups, strict=True):
+                    connection.executemany(statement, parameters)
+            connection.execute("commit")
+        except BaseException:
+            connection.execute("rollback")
+            raise
+    except sqlite3.Error as exc:
+        raise FeatureError(f"writing feature view {view.name} to {path} failed: {exc}") from exc
+    finally:
+        connection.close()
+    return int(table.num_rows) * len(plan.features)
+
+
+# -- Redis -----------------------------------------------------------------------------
+def _bulk_string(piece: bytes) -> bytes:
+    return b"$" + str(len(piece)).encode() + b"\r\n" + piece + b"\r\n"
+
+
+def _decimal(array: pa.Array) -> pa.Array:
+    """The decimal length of each row of a binary array, as ASCII."""
+    return pc.binary_length(array).cast(pa.string()).cast(pa.binary())
+
+
+def _hset_commands(plan: ViewPlan, part: pa.Table, project: bytes, stamp: bytes) -> bytes:
+    """RESP of one ``HSET <key> _ts:<view> <stamp> <field> <value> …`` per entity of ``part``,
+    fields in the view's feature order, as Feast's ``online_write_batch`` sends them."""
+    from feast.infra.online_stores.helpers import _mmh3
+
+    keys = _join([encode_entity_keys(plan.join_key, part.column(plan.join_key)), project])
+    arguments = 2 + 2 * (1 + len(plan.features))
+    pieces: list[bytes | pa.Array] = [
+        f"*{arguments}\r\n".encode() + _bulk_string(b"HSET") + b"$",
+        _decimal(keys),
+        b"\r\n",
+        keys,
+        b"\r\n" + _bulk_string(f"_ts:{plan.name}".encode()) + _bulk_string(stamp),
+    ]
+    for feature, kind in plan.features:
+        values = encode_values(part.column(feature), kind)
+        pieces += [
+            _bulk_string(_mmh3(f"{plan.name}:{feature}")) + b"$",
+            _decimal(values),
+            b"\r\n",
+            values,
+            b"\r\n",
+        ]
+    merged: list[bytes | pa.Array] = []
+    for piece in pieces:  # one argument per run of constants
+        if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] = merged[-1] + piece
+        else:
+            merged.append(piece)
+    commands = _join(merged)
+    offsets = np.frombuffer(
+        commands.buffers()[1], dtype=np.int32 if commands.type == pa.binary() else np.int64
+    )
+    first, last = int(offsets[commands.offset]), int(offsets[commands.offset + len(commands)])
+    return bytes(commands.buffers()[2].slice(first, last - first).to_pybytes())
+
+
+def write_redis(
+    config: Any,
+    client: Any,
+    plan: ViewPlan,
+    table: pa.Table,
+    *,
+    batch: int = REDIS_BATCH,
+) -> int:
+    """``HSET`` every entity of ``table`` as Feast's Redis store lays it out, pipelined in
+    batches of ``batch`` entities; the number of entities written. ``client`` is a
+    redis-py client for Feast's connection."""
+    from google.protobuf.timestamp_pb2 import Timestamp  # type: ignore[import-untyped]
+    from redis.exceptions import ResponseError
+
+    if table.num_rows == 0:
+        return 0
+    stamps = table.column(plan.timestamp_field).unique()
+    if len(stamps) != 1:
+        raise FeatureError(
+            f"feature view {plan.name}: the bulk writer writes rows of one event time, "
+            f"this window holds {len(stamps)}"
+        )
+    moment = Timestamp()
+    moment.FromDatetime(_aware(stamps[0].as_py()))
+    stamp = bytes(moment.SerializeToString())
+    project = config.project.encode("utf-8")
+    if getattr(config.online_store, "key_ttl_seconds", None):
+        raise FeatureError(f"feature view {plan.name}: the bulk writer sets no key TTL")
+    connection = client.connection_pool.get_connection()
+
+    def replies(count: int) -> None:
+        for _ in range(count):
+            try:
+                connection.read_response()
+            except ResponseError as exc:
+                raise FeatureError(f"Redis refused an HSET of view {plan.name}: {exc}") from exc
+
+    try:
+        sent = 0  # entities of the batch Redis is working on
+        for begin in range(0, table.num_rows, batch):
+            part = table.slice(begin, batch)
+            # encoded while Redis applies the previous batch: both cores busy
+            commands = _hset_commands(plan, part, project, stamp)
+            replies(sent)
+            connection.send_packed_command([commands], check_health=False)
+            sent = part.num_rows
+        replies(sent)
+    except BaseException:
+        connection.disconnect()  # replies may be left unread: never reuse this connection
+        raise
+    finally:
+        client.connection_pool.release(connection)
+    return int(table.num_rows)
+
+
+# -- the nightly's entry point ---------------------------------------------------------
+def materialize_views(
+    store: FeatureStore,
+    views: Sequence[str],
+    start: datetime,
+    end: datetime,
+    *,
+    redis: Any = None,
+) -> dict[str, int]:
+    """Write ``views``' rows in ``[start, end]`` to ``store``'s online store (SQLite or
+    Redis) and record the interval in its registry; entities written per view.
+
+    ``redis``: the redis-py client to write with (default: Feast's own, from its
+    connection string); only a single Redis server, not a cluster or sentinel.
+    """
+    config = store.config
+    kind = config.online_store.type
+    if kind not in ("sqlite", "redis"):
+        raise FeatureError(f"the bulk writer writes SQLite and Redis online stores, not {kind!r}")
+    feature_views = [store.get_feature_view(name) for name in views]
+    plans = [view_plan(view, Path(store.repo_path)) for view in feature_views]
+    client = None
+    if kind == "redis":
+        if str(getattr(config.online_store.redis_type, "value", "redis")) != "redis":
+            raise FeatureError(
+                f"the bulk writer writes one Redis server, not {config.online_store.redis_type}"
+            )
+        client = redis if redis is not None else _feast_redis(config)
+    written: dict[str, int] = {}
+    for view, plan in zip(feature_views, plans, strict=True):
+        table = read_latest(plan, start, end)
+        if client is not None:
+            written[view.name] = write_redis(config, client, plan, table)
+        else:
+            write_sqlite(config, view, plan, table)
+            written[view.name] = table.num_rows
+        store.registry.apply_materialization(view, store.project, _aware(start), _aware(end))
+    return written
+
+
+def _feast_redis(config: Any) -> Any:
+    """The redis-py client Feast's own Redis store would write with."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    return RedisOnlineStore()._get_client(config.online_store)
