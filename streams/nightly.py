@@ -183,7 +183,7 @@ def _run_nightly(
                 feast_output_to(log),
                 materializing(settings, run_id, end, rows),  # Redis: marks, errors named
             ):
-                _materialize(store, layout, end)
+                _materialize_bulk(settings, store, layout, end)
         except Exception as exc:
             discard_run_export(settings, run_id)  # only successful runs are served or replayed
             message = (
@@ -382,3 +382,28 @@ def _materialize(store: object, layout: ServiceLayout, day: date) -> None:
         end_date=midnight + timedelta(hours=12),
         feature_views=[view.name for view in layout.views],
     )
+
+
+def _materialize_bulk(settings: Settings, store: object, layout: ServiceLayout, day: date) -> None:
+    """``_materialize`` through the bulk writer (streams.features.bulk_write): the same rows
+    in Feast's layout from Feast's registry objects, written in one transaction (SQLite)
+    or pipelined batches (Redis) instead of one value at a time; minutes at 1 M entities."""
+    from streams.features.bulk_write import materialize_views
+
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    redis = None
+    if settings.online_store == "redis":
+        from streams.features.store import redis_client
+
+        redis = redis_client(settings)
+    try:
+        materialize_views(
+            store,  # type: ignore[arg-type]
+            [view.name for view in layout.views],
+            midnight - timedelta(hours=12),
+            midnight + timedelta(hours=12),
+            redis=redis,
+        )
+    finally:
+        if redis is not None:
+            redis.close()
