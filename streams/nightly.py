@@ -2,8 +2,11 @@
 
 ``run_nightly(settings, date)`` is what ``streamscore nightly`` and the worker's crontab
 call. A failing dbt test stops the run before anything is exported or materialised; every
-run, good or bad, is recorded in ClickHouse ``feature_runs``, and workers swap to the
-features of the newest successful run (``OnlineFeatures.refresh_if_newer``).
+run, good or bad, is recorded in ClickHouse ``feature_runs``. A successful run takes
+effect STREAMSCORE_FEATURE_SWITCH_DELAY_S after it finishes (its ``effective_at``; a
+service's first run at its finish): workers load it as soon as it is recorded and score
+each event with the run in effect at its event time (``streams.features.runs``), as
+``streamscore replay`` does.
 
 Each run keeps what it serves (its nightly date's export of every view) read-only under
 its run id (``streams.features.run_exports``): the live worker loads a run by that id, and
@@ -42,7 +45,12 @@ from streams.features.run_exports import (
     keep_run_export,
     prune_run_exports,
 )
-from streams.features.runs import NightlyRun, record_run, successful_runs
+from streams.features.runs import (
+    NightlyRun,
+    latest_successful_run,
+    record_run,
+    successful_runs,
+)
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -204,9 +212,16 @@ def _run_nightly(
                 f"(recorded as failed in feature_runs{where})"
             ) from exc
         durations["total"] = round((datetime.now(UTC) - started).total_seconds(), 3)
+        # Every scoring process loads the run before it takes effect (streams.features.runs);
+        # a service's first run has none to switch from (nothing scores before it).
+        service = settings.feature_service
+        first = latest_successful_run(ch, settings.clickhouse_database, service) is None
+        finished = datetime.now(UTC)
+        delay = 0.0 if first else settings.feature_switch_delay_s
+        effective = finished + timedelta(seconds=delay)
         run = NightlyRun(
             run_id, end, settings.feature_service, "success", started,
-            datetime.now(UTC), rows, durations,
+            finished, rows, durations, effective_at=effective,
         )  # fmt: skip
         record_run(ch, settings.clickhouse_database, run)
         progress(f"recorded run {run_id}")

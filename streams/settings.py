@@ -297,6 +297,26 @@ class Settings(BaseSettings):
             "are kept under its run id for as-of replays (the nightly job prunes older ones)."
         ),
     )
+    feature_reload_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "STREAMSCORE_FEATURE_RELOAD_S: how often each scoring process checks for a new "
+            "nightly run (and a changed model registry) and loads it in the background."
+        ),
+    )
+    feature_switch_delay_s: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "STREAMSCORE_FEATURE_SWITCH_DELAY_S: new features take effect this long after the "
+            "nightly run finishes (its effective_at), so every scoring process has loaded "
+            "them before they apply: each event is scored with the run in effect at its event "
+            "time, live and in replays alike. Keep it above STREAMSCORE_FEATURE_RELOAD_S plus "
+            "the time a load takes (default: twice the reload interval). A feature service's "
+            "first run takes effect at its finish (no worker scores before it)."
+        ),
+    )
 
     # Models and scoring.
     models_dir: Path = Field(

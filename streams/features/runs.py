@@ -1,17 +1,21 @@
 """The ``feature_runs`` log in ClickHouse: what each nightly run built, and which run is live.
 
-Which run is live when (pure, no I/O: :class:`RunTimeline`, :func:`select_runs`):
+Each successful run takes effect at its ``effective_at``: its finish plus
+STREAMSCORE_FEATURE_SWITCH_DELAY_S (60 s), time for every scoring process to load it
+first (rows recorded before effective times: their finish). Which run serves an event at
+time t is one rule, pure (:class:`RunTimeline`; :func:`select_runs` for a replay), that
+the live worker and ``streamscore replay`` both apply to each event's own time:
 
-* **now** (the live worker): the successful run with the newest nightly date, the newest
-  finish among reruns of that date (:func:`latest_run_sql`), reloaded every 30 s;
-* **at a past moment t** (``streamscore replay``, as of event time): the same order, over
-  the runs that existed at t and do not look past t: ``finished_at <= t`` (the run was
-  recorded, so a worker could load it) and ``nightly_date <= t``'s UTC date (features at
-  D use only events before D: the point-in-time rule training uses, so a run for a later
-  date would leak the future). For an on-time event this is the run the worker served,
-  except in the reload gap (up to 30 s plus the load after a run finishes), for an event
-  that arrived long after its event time (the worker served the run live on arrival),
-  and for a run recorded for a future date (the worker serves it, the rule does not).
+    among the successful runs with ``effective_at <= t`` whose nightly date is not after
+    t's UTC date (features at D use only events before D: the point-in-time rule training
+    uses, so a run for a later date would leak the future), the newest nightly date, then
+    the newest ``effective_at`` among reruns of that date.
+
+The live worker reads the newest few runs (:func:`recent_runs_sql`), loads each as soon as
+it is recorded, before it takes effect, and keeps the one in effect before it
+(:func:`hold_from`), so a batch straddling the switch, and a late event from before it,
+are scored as a replay scores them. The rule over the newest runs only is the rule over
+the whole history from their first start on (every one of them outranks every older one).
 
 Runs are kept for replays (:func:`runs_to_prune`): every successful run whose nightly date
 is inside the retention window, the run live at the window's start, and the live run.
@@ -43,12 +47,14 @@ COLUMNS = (
     "rows",
     "durations_s",
     "error",
+    "effective_at",  # migration 0010; a row recorded before it reads its finished_at
 )
 
 
 @dataclass(frozen=True, slots=True)
 class NightlyRun:
-    """One nightly run: ``status`` is ``success`` or ``failed``."""
+    """One nightly run: ``status`` is ``success`` or ``failed``. ``effective_at``: when
+    its features take effect (None: at its finish, as runs recorded before it)."""
 
     run_id: str
     nightly_date: date
@@ -59,10 +65,16 @@ class NightlyRun:
     rows: dict[str, int] = field(default_factory=dict)
     durations_s: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    effective_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "success"
+
+    @property
+    def effective(self) -> datetime:
+        """When the run's features take effect: ``effective_at``, or its finish."""
+        return self.finished_at if self.effective_at is None else self.effective_at
 
 
 def record_run(client: Client, database: str, run: NightlyRun) -> None:
@@ -77,6 +89,7 @@ def record_run(client: Client, database: str, run: NightlyRun) -> None:
         run.rows,
         run.durations_s,
         run.error,
+        run.effective,
     ]
     try:
         client.insert(f"{quote_identifier(database)}.feature_runs", [row], column_names=COLUMNS)
@@ -86,13 +99,24 @@ def record_run(client: Client, database: str, run: NightlyRun) -> None:
         ) from exc
 
 
+RECENT_RUNS = 8  # runs a scoring process reads at each reload (it holds two or three)
+
+
 def latest_run_sql(database: str) -> str:
-    """The query for the live run: the successful one with the newest nightly date (newest
-    finish among reruns), its service bound as ``{service:String}``."""
+    """The query for the newest run: the successful one with the newest nightly date
+    (newest ``effective_at`` among reruns), its service bound as ``{service:String}``."""
+    return recent_runs_sql(database, 1)
+
+
+def recent_runs_sql(database: str, limit: int = RECENT_RUNS) -> str:
+    """The ``limit`` newest successful runs in the rule's order (newest nightly date, then
+    newest ``effective_at``), newest first, their service bound as ``{service:String}``."""
+    if limit < 1:
+        raise ValueError(f"read at least one run, not {limit}")
     return (
         f"select {', '.join(COLUMNS)} from {quote_identifier(database)}.feature_runs "  # noqa: S608 - identifiers are checked/declared, values bound
         "where status = 'success' and feature_service = {service:String} "
-        "order by nightly_date desc, finished_at desc limit 1"
+        f"order by nightly_date desc, effective_at desc, run_id desc limit {int(limit)}"
     )
 
 
@@ -103,7 +127,7 @@ def history_sql(database: str, *, every_service: bool = False) -> str:
     return (
         f"select {', '.join(COLUMNS)} from {quote_identifier(database)}.feature_runs "  # noqa: S608 - identifiers are checked/declared, values bound
         f"where status = 'success' {service}"
-        "order by nightly_date, finished_at"
+        "order by nightly_date, effective_at"
     )
 
 
@@ -120,7 +144,8 @@ def successful_runs(client: Client, database: str, feature_service: str | None) 
 
 
 def latest_successful_run(client: Client, database: str, feature_service: str) -> NightlyRun | None:
-    """The successful run with the newest nightly date (newest finish among reruns)."""
+    """The successful run with the newest nightly date (newest ``effective_at`` among
+    reruns), whether or not it is in effect yet."""
     try:
         result = client.query(latest_run_sql(database), parameters={"service": feature_service})
     except Exception as exc:
@@ -130,8 +155,12 @@ def latest_successful_run(client: Client, database: str, feature_service: str) -
 
 def run_from_row(row: Sequence[Any]) -> NightlyRun:
     """A ``feature_runs`` row as ClickHouse returns it or as ``POST /sql`` prints it (dates
-    and times as ISO text)."""
-    values = dict(zip(COLUMNS, row, strict=True))
+    and times as ISO text); one without ``effective_at`` (selected by an older query) takes
+    effect at its finish."""
+    if len(row) not in (len(COLUMNS), len(COLUMNS) - 1):
+        raise ValueError(f"a feature_runs row has {len(COLUMNS)} columns, not {len(row)}")
+    values = dict(zip(COLUMNS, row, strict=False))
+    effective = values.get("effective_at")
     return NightlyRun(
         run_id=str(values["run_id"]),
         nightly_date=_date(values["nightly_date"]),
@@ -142,6 +171,7 @@ def run_from_row(row: Sequence[Any]) -> NightlyRun:
         rows={str(k): int(v) for k, v in dict(values["rows"]).items()},
         durations_s={str(k): float(v) for k, v in dict(values["durations_s"]).items()},
         error=str(values["error"]),
+        effective_at=None if effective is None else _datetime(effective),
     )
 
 
@@ -159,15 +189,27 @@ def midnight_ms(day: date) -> int:
     return epoch_ms(datetime.combine(day, time(0), tzinfo=UTC))
 
 
+def effective_ms(run: NightlyRun) -> int:
+    """When ``run`` takes effect, in epoch milliseconds."""
+    return epoch_ms(run.effective)
+
+
 def live_from_ms(run: NightlyRun) -> int:
-    """The first moment the as-of rule may pick ``run``: recorded, and on or after its date."""
-    return max(epoch_ms(run.finished_at), midnight_ms(run.nightly_date))
+    """The first moment the rule may pick ``run``: in effect, and on or after its date."""
+    return max(effective_ms(run), midnight_ms(run.nightly_date))
 
 
 def _order(run: NightlyRun) -> tuple[date, int, str]:
-    # The live worker's order (newest nightly date, newest finish); the run id only breaks
+    # The rule's order (newest nightly date, newest effective_at); the run id only breaks
     # exact ties, so that the choice never depends on the history's order.
-    return (run.nightly_date, epoch_ms(run.finished_at), run.run_id)
+    return (run.nightly_date, effective_ms(run), run.run_id)
+
+
+def live_index(starts_ms: npt.NDArray[np.int64], times_ms: npt.ArrayLike) -> npt.NDArray[np.intp]:
+    """Per time: the index of the last start at or before it (-1 before the first), i.e.
+    which run of a timeline (:class:`RunTimeline`, or the tail a worker holds) serves it."""
+    times = np.asarray(times_ms, dtype=np.int64)
+    return np.searchsorted(starts_ms, times, side="right").astype(np.intp) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,16 +247,30 @@ class RunTimeline:
 
     def at(self, times_ms: npt.ArrayLike) -> npt.NDArray[np.intp]:
         """Per time: the index in :attr:`runs` of the run live then, or -1 (none yet)."""
-        times = np.asarray(times_ms, dtype=np.int64)
-        return np.searchsorted(self.starts_ms, times, side="right").astype(np.intp) - 1
+        return live_index(self.starts_ms, times_ms)
 
     def run_at(self, time_ms: int) -> NightlyRun | None:
         index = int(self.at([time_ms])[0])
         return self.runs[index] if index >= 0 else None
 
+    def tail(self, first: int) -> RunTimeline:
+        """The timeline from ``runs[first]`` on (what a scoring process holds): the same
+        choice as this one, shifted by ``first``, at every time from its first start on;
+        -1 before that."""
+        return RunTimeline(self.starts_ms[first:], self.runs[first:])
+
+
+def hold_from(timeline: RunTimeline, now_ms: int) -> int:
+    """The first run of ``timeline`` a scoring process holds at ``now_ms``: the one in
+    effect before the run live now (it serves late events from before the switch), so
+    it holds that one, the live run and any run waiting for its start; 0 when no run is
+    live yet."""
+    return max(int(timeline.at([now_ms])[0]) - 1, 0)
+
 
 def select_runs(times_ms: npt.ArrayLike, history: Iterable[NightlyRun]) -> list[str | None]:
-    """Per event time (epoch ms, UTC): the id of the run live then, or None (no run was)."""
+    """Per event time (epoch ms, UTC): the id of the run in effect then (the module's
+    rule, as :class:`RunTimeline` applies it), or None (no run was)."""
     timeline = RunTimeline.from_runs(history)
     return [timeline.runs[i].run_id if i >= 0 else None for i in timeline.at(times_ms).tolist()]
 
@@ -261,14 +317,19 @@ def _datetime(value: Any) -> datetime:
 
 __all__ = [
     "COLUMNS",
+    "RECENT_RUNS",
     "NightlyRun",
     "RunTimeline",
+    "effective_ms",
     "epoch_ms",
     "history_sql",
+    "hold_from",
     "latest_run_sql",
     "latest_successful_run",
     "live_from_ms",
+    "live_index",
     "midnight_ms",
+    "recent_runs_sql",
     "record_run",
     "run_from_row",
     "runs_to_prune",

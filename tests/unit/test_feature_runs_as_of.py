@@ -1,7 +1,9 @@
-"""Which nightly run is live at an event's time, and which kept runs the nightly job prunes.
+"""Which nightly run is in effect at an event's time, and which kept runs the nightly job prunes.
 
 Pure functions over a run history (no ClickHouse): ``select_runs``/``RunTimeline`` against
-a brute-force reading of the rule, and ``runs_to_prune`` on a daily history.
+a brute-force reading of the rule (effective_at, nightly date), the tail of the newest
+runs a scoring process holds (``recent_runs_sql``, ``hold_from``), and ``runs_to_prune``
+on a daily history.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from streams.features.runs import (
+    COLUMNS,
     NightlyRun,
     RunTimeline,
     epoch_ms,
+    hold_from,
     latest_run_sql,
+    recent_runs_sql,
+    run_from_row,
     runs_to_prune,
     select_runs,
 )
@@ -34,8 +40,14 @@ def run(
     *,
     status: str = "success",
     service: str = "fraud_v1",
+    delay: timedelta | None = None,
 ) -> NightlyRun:
-    return NightlyRun(run_id, nightly, service, status, finished - timedelta(minutes=20), finished)
+    """A run finished at ``finished``, in effect ``delay`` later (None: a row recorded
+    before effective times, in effect at its finish)."""
+    return NightlyRun(
+        run_id, nightly, service, status, finished - timedelta(minutes=20), finished,
+        effective_at=None if delay is None else finished + delay,
+    )  # fmt: skip
 
 
 def ms(moment: datetime) -> int:
@@ -86,12 +98,14 @@ def test_timeline_lists_only_runs_that_were_ever_live() -> None:
 def _brute_force(t: int, history: list[NightlyRun]) -> str | None:
     """The rule as the docstring states it, one event at a time."""
     day = datetime.fromtimestamp(t / 1000, UTC).date()
-    eligible = [
-        r for r in history if r.ok and epoch_ms(r.finished_at) <= t and r.nightly_date <= day
-    ]
+
+    def effective(r: NightlyRun) -> int:
+        return epoch_ms(r.effective_at or r.finished_at)
+
+    eligible = [r for r in history if r.ok and effective(r) <= t and r.nightly_date <= day]
     if not eligible:
         return None
-    return max(eligible, key=lambda r: (r.nightly_date, epoch_ms(r.finished_at), r.run_id)).run_id
+    return max(eligible, key=lambda r: (r.nightly_date, effective(r), r.run_id)).run_id
 
 
 def test_timeline_agrees_with_the_rule_on_random_histories() -> None:
@@ -106,17 +120,86 @@ def test_timeline_agrees_with_the_rule_on_random_histories() -> None:
                 minutes=rng.randint(-3 * 1440, 4 * 1440)
             )
             status = "failed" if rng.random() < 0.15 else "success"
-            history.append(run(f"r{k}", nightly, finished, status=status))
+            delay = rng.choice([None, timedelta(seconds=60), timedelta(minutes=rng.randint(0, 90))])
+            history.append(run(f"r{k}", nightly, finished, status=status, delay=delay))
         times = [ms(start + timedelta(minutes=rng.randint(-1440, 14 * 1440))) for _ in range(300)]
         assert select_runs(times, history) == [_brute_force(t, history) for t in times]
 
 
-def test_after_every_run_finished_the_choice_is_the_live_workers() -> None:
-    # latest_run_sql orders by nightly date, then finish: the newest run once all are live.
-    assert "order by nightly_date desc, finished_at desc" in latest_run_sql("streamscore")
+def test_after_every_run_took_effect_the_choice_is_the_newest() -> None:
+    # The newest run's query orders as the rule does: nightly date, then effective_at.
+    assert "order by nightly_date desc, effective_at desc" in latest_run_sql("streamscore")
+    assert latest_run_sql("streamscore").endswith("limit 1")
+    assert recent_runs_sql("streamscore", 5).endswith("limit 5")
+    with pytest.raises(ValueError, match="at least one run"):
+        recent_runs_sql("streamscore", 0)
     late = ms(at(D4, 12))
     live = max((r for r in HISTORY if r.ok), key=lambda r: (r.nightly_date, r.finished_at))
     assert select_runs([late], HISTORY) == [live.run_id]
+
+
+def test_a_run_takes_effect_at_its_effective_at_not_its_finish() -> None:
+    switch = timedelta(seconds=60)
+    history = [
+        run("r1", D1, at(D1, 2), delay=switch),
+        run("r2", D1, at(D1, 5), delay=switch),  # a rerun of D1: effective 05:01
+    ]
+    effective = ms(at(D1, 5, 1))
+    times = [ms(at(D1, 2)), ms(at(D1, 2, 1)), ms(at(D1, 5)), effective - 1, effective]
+    # finished but not in effect: the run before serves (none before r1 took effect)
+    assert select_runs(times, history) == [None, "r1", "r1", "r1", "r2"]
+    assert RunTimeline.from_runs(history).starts_ms.tolist() == [ms(at(D1, 2, 1)), effective]
+    # its nightly date still bounds it: a run for D2 in effect on D1 serves from D2 00:00
+    early = run("d2", D2, at(D1, 22), delay=switch)
+    assert select_runs([ms(at(D1, 23)), ms(at(D2, 0))], [*history, early]) == ["r2", "d2"]
+
+
+def test_effective_at_comes_back_from_a_row_and_defaults_to_the_finish() -> None:
+    finished = at(D1, 2)
+    row = ["r1", D1, "fraud_v1", "success", finished, finished, {"a": 1}, {"x": 0.5}, ""]
+    effective = finished + timedelta(seconds=60)
+    assert run_from_row([*row, effective]).effective == effective
+    assert COLUMNS[-1] == "effective_at"
+    old = run_from_row(row)  # selected without the column: in effect at its finish
+    assert old.effective_at is None and old.effective == finished
+    as_text = run_from_row([*map(str, row[:6]), {}, {}, "", "2024-05-01 02:01:00.000"])
+    assert as_text.effective == datetime(2024, 5, 1, 2, 1)  # naive from ClickHouse: UTC
+    assert epoch_ms(as_text.effective) == ms(at(D1, 2, 1))
+    with pytest.raises(ValueError, match="10 columns, not 3"):
+        run_from_row(row[:3])
+
+
+def test_the_newest_runs_give_the_whole_historys_choice_from_their_first_start() -> None:
+    # A scoring process reads the RECENT_RUNS newest runs (nightly date, effective_at
+    # desc) and holds a tail of their timeline: wherever it holds a run, that run is the
+    # whole history's choice.
+    rng = random.Random(5)
+    for _ in range(60):
+        history = []
+        for k in range(rng.randint(1, 14)):
+            nightly = D1 + timedelta(days=rng.randint(0, 6))
+            finished = datetime.combine(nightly, datetime.min.time(), UTC) + timedelta(
+                minutes=rng.randint(-1440, 3 * 1440)
+            )
+            delay = rng.choice([None, timedelta(seconds=60), timedelta(hours=3)])
+            history.append(run(f"r{k}", nightly, finished, delay=delay))
+        newest = sorted(
+            history,
+            key=lambda r: (r.nightly_date, epoch_ms(r.effective_at or r.finished_at), r.run_id),
+            reverse=True,
+        )[: rng.randint(1, 4)]
+        recent = RunTimeline.from_runs(newest)
+        now = ms(at(D1, 0)) + rng.randint(0, 9 * 1440) * 60_000
+        first = hold_from(recent, now)
+        held = recent.tail(first)
+        start = int(held.starts_ms[0])
+        times = [start + rng.randint(0, 9 * 86_400_000) for _ in range(200)]
+        index = held.at(times).tolist()
+        assert min(index) >= 0
+        assert [held.runs[i].run_id for i in index] == select_runs(times, history)
+        assert held.at([start - 1]).tolist() == [-1]  # before the tail: not its to answer
+        live = recent.at([now])[0]
+        assert first == max(live - 1, 0)  # the run before the live one, if any
 
 
 def test_naive_times_from_clickhouse_are_utc() -> None:
