@@ -9,22 +9,25 @@ adds nothing, and replaying with another model version adds one row per event fo
 
 Features (``features=``, ``--features``):
 
-* ``as-of-event-time`` (the default): each event is scored with the nightly run that was
-  live at its event time (``event_time`` in the payload), as ``runs.RunTimeline`` says:
-  among the successful runs recorded by then (``finished_at <= t``) whose nightly date is
-  not after t's UTC date (training's point-in-time rule: features at D use only events
-  before D), the one the live worker would pick (newest nightly date, newest finish among
-  reruns). Each run's features are loaded by run id, the bytes the run kept
-  (``features.run_exports``, sha256-checked), the same bytes the live worker loaded.
-  Live scoring agrees with this except: in the reload gap (the worker checks every 30 s
-  and loads in the background, so events in the first seconds after a run finished were
-  served the previous run); for events that arrived long after their event time (the
-  worker served the run live on arrival); for a run recorded for a future date (the
-  worker serves it, this rule does not); and where producers' clocks and the nightly
-  host's disagree. An event before any run was live (``no_run``) or whose run's features
-  were pruned (``STREAMSCORE_FEATURE_RUN_RETENTION_DAYS``) or never kept by run id
+* ``as-of-event-time`` (the default): each event is scored with the nightly run in
+  effect at its event time (``event_time`` in the payload), by the rule the live worker
+  applies to each event too (``streams.features.runs``): among the successful runs in
+  effect by then (``effective_at <= t``: the run's finish plus
+  STREAMSCORE_FEATURE_SWITCH_DELAY_S) whose nightly date is not after t's UTC date
+  (training's point-in-time rule: features at D use only events before D), the newest
+  nightly date, then the newest ``effective_at``. Each run's features are loaded by run
+  id, the bytes the run kept (``features.run_exports``, sha256-checked), the same bytes
+  the live worker loaded. So a replay reproduces each live row, including events of the
+  seconds after a run finished and late events from before a switch. Where the worker
+  could not follow the rule the replay differs and reports it (``run_changed``): an event
+  older than every run the worker held (``streamscore_features_stale_events_total``); a
+  run that took effect before a worker had loaded it (the switch delay shorter than a
+  reload plus a load: the worker logs a warning); rows scored before runs had an
+  effective time (the worker switched at its reload then). An event before any run was
+  in effect (``no_run``) or whose run's features were pruned
+  (``STREAMSCORE_FEATURE_RUN_RETENTION_DAYS``) or never kept by run id
   (``run_not_kept``) is counted and not scored: there is no fallback to other features.
-* ``current``: every event with the run live now (the run the worker serves).
+* ``current``: every event with the newest run (the one the worker serves new events).
 
 Where an event already has rows (the live worker's), the replay compares without
 writing: events whose chosen run differs from the row's ``feature_run_id`` are counted by
@@ -395,6 +398,7 @@ class Rescorer:
                 spec,
                 providers=settings.providers,
                 intra_op_threads=settings.intra_op_threads,
+                gpu_crossover_rows=settings.gpu_crossover_rows,
             )
             self.models = ModelSet(scorer)
         self.columns = input_columns(self.features.layout)

@@ -42,8 +42,8 @@ from streams.agents.batching import BatchAgent, now_ms
 from streams.clickhouse.gateway import ClickHouseGateway
 from streams.clickhouse.reads import ClickHouseReads, latest_run, live_marks, reads_for
 from streams.errors import DeliveryError
-from streams.features.online import OnlineFeatures, Snapshot
-from streams.features.runs import NightlyRun
+from streams.features.online import HeldRuns, OnlineFeatures
+from streams.features.runs import NightlyRun, recent_runs_sql, run_from_row
 from streams.ingest import DeadLetter, Limits, ingest_batch
 from streams.kafka import make_producer
 from streams.monitoring.drift import DriftDeltas
@@ -81,7 +81,7 @@ log = logging.getLogger("streams.agents.score")
 
 EXIT_SINK_FAILED = 72
 UNDECODABLE = "undecodable"
-RELOAD_EVERY_S = 30.0
+RELOAD_EVERY_S = 30.0  # the default of STREAMSCORE_FEATURE_RELOAD_S
 
 
 def model_rows(models: ModelSet, settings: Settings) -> list[list[object]]:
@@ -169,15 +169,21 @@ class Scoring:
         self.registry = registry or SchemaRegistry.load(settings.schemas_dir)
         self.limits = Limits(settings.max_payload_bytes, settings.max_nesting_depth)
         self.run = run
-        self.features = features or OnlineFeatures(settings, latest_run=lambda: self._latest_run())
-        if features is None and not self.features.refresh_if_newer():
-            # refresh_if_newer is False when there is no successful run yet.
+        self.features = features or OnlineFeatures(
+            settings,
+            latest_run=lambda: self._latest_run(),
+            recent_runs=lambda: self._recent_runs(),
+        )
+        if features is None and not self.features.switch_if_newer():
+            # switch_if_newer is False when there is no successful run yet.
             from streams.errors import FeatureError
 
             raise FeatureError(
                 "no successful nightly feature run in ClickHouse "
                 f"({redact(settings.clickhouse_url)}): run `streamscore nightly` before scoring"
             )
+        if features is None and (held := self.features.held) is not None:
+            log.info("features from nightly runs by event time: %s", held.describe())
         self.holder = holder or ModelHolder()
         if not self.holder.loaded:
             self.holder.swap(self._load_models)
@@ -195,9 +201,10 @@ class Scoring:
         self._registry_mtime = self._registry_stamp()
         self._reload_lock = threading.Lock()  # one reload at a time (held while loading)
         self._pending_lock = threading.Lock()
-        self._pending: tuple[Snapshot | None, ModelSet | None] | None = None
+        self._pending: tuple[HeldRuns | None, ModelSet | None] | None = None
         self.counts = {
-            "valid": 0, "dead": 0, "scored": 0, "review": 0, "copies_dropped": 0, "undecodable": 0
+            "valid": 0, "dead": 0, "scored": 0, "review": 0, "copies_dropped": 0, "undecodable": 0,
+            "stale_features": 0,
         }  # fmt: skip
         self.metrics: WorkerMetrics | None = None
         self.drift = self._drift_monitor() if settings.drift_enabled else None
@@ -206,6 +213,13 @@ class Scoring:
     # -- models and features -------------------------------------------------------
     def _latest_run(self) -> NightlyRun | None:
         return latest_run(self.reads, self.settings.feature_service)
+
+    def _recent_runs(self) -> list[NightlyRun]:
+        """The newest successful runs: what the features hold is chosen from them."""
+        rows = self.reads.rows(
+            recent_runs_sql(self.reads.database), {"service": self.settings.feature_service}
+        )
+        return [run_from_row(row) for row in rows]
 
     def _load_models(self) -> ModelSet:
         return ModelSet.from_registry(self.settings, self.features.layout.spec)
@@ -259,14 +273,18 @@ class Scoring:
             self.send_to(self.scored_topic, 0, value, headers)
 
     def check_reload(self) -> None:
-        """The reload timer's work (every 30 s, and at once on a control message), in a
-        thread, off the batch path: load a newer nightly run's features or a changed
-        registry's models. The next batch swaps them in (:meth:`apply_reload`), so a batch
-        is scored, recorded and monitored wholly with one run and one model set."""
+        """The reload timer's work (every STREAMSCORE_FEATURE_RELOAD_S, and at once on a
+        control message), in a thread, off the batch path: load a newly recorded nightly
+        run's features (before it takes effect at its ``effective_at``; events are served
+        by their time, see ``OnlineFeatures.vectors_as_of``) or a changed registry's models.
+        The next batch swaps them in (:meth:`apply_reload`), so a batch is scored,
+        recorded and monitored wholly with one set of runs and one model set."""
         with self._reload_lock:
-            snapshot = None
+            held = None
+            with self._pending_lock:
+                waiting = self._pending[0] if self._pending else None  # loaded, not yet served
             try:
-                snapshot = self.features.fetch_newer()
+                held = self.features.fetch_held(pending=waiting)
             except Exception as exc:  # keep serving the loaded run
                 # The online store (Redis) or ClickHouse may quote its URL: redacted.
                 run_id = self.features.run_id
@@ -279,11 +297,11 @@ class Scoring:
                     models = self._load_models()
                 except Exception as exc:  # keep serving the loaded set
                     log.error("model reload failed, keeping %s: %s", self._serving(), exc)
-            if snapshot is not None or models is not None:
+            if held is not None or models is not None:
                 with self._pending_lock:  # held for a moment: the batch thread takes it too
                     old = self._pending
                     self._pending = (
-                        snapshot or (old[0] if old else None),
+                        held or (old[0] if old else None),
                         models or (old[1] if old else None),
                     )
 
@@ -293,10 +311,10 @@ class Scoring:
             pending, self._pending = self._pending, None
         if pending is None:
             return
-        snapshot, models = pending
-        if snapshot is not None:
-            self.features.use(snapshot)
-            log.info("features now from nightly run %s", self.features.run_id)
+        held, models = pending
+        if held is not None:
+            self.features.use_held(held)
+            log.info("features from nightly runs by event time: %s", held.describe())
         if models is not None:
             self.holder.swap(lambda: models)
             self.record_models()
@@ -434,7 +452,9 @@ class Scoring:
             log.info("scoring: first batch of %d events decided", scored.n_events)
         self.counts["scored"] += scored.n_events
         self.counts["review"] += len(review)
+        self.counts["stale_features"] += scored.stale_events
         if (m := self.metrics) is not None:
+            m.count_stale_features(scored.stale_events)
             m.observe_stage("feature_lookup", scored.timings_ms["feature_ms"] / 1000)
             m.observe_stage("model", scored.timings_ms["model_ms"] / 1000)
             m.observe_stage("produce_flush", t2 - t1)
@@ -534,7 +554,7 @@ def register_score_agent(
         """Newer nightly features or a changed model registry, loaded off the batch path."""
         await asyncio.to_thread(state.check_reload)
 
-    app.timer(RELOAD_EVERY_S)(reload)  # a faust timer: the control plane's job
+    app.timer(settings.feature_reload_s)(reload)  # a faust timer: the control plane's job
 
     app.add_dependency(agent)
     return agent

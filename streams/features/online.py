@@ -16,14 +16,24 @@ backfill may have overwritten that file since.
 With STREAMSCORE_ONLINE_STORE=redis the live worker reads the run from Redis instead, into
 the same tables (``streams.features.redis_store``, which says what happens while Redis
 is down); replays read kept exports either way.
+
+The live worker serves each event with the run in effect at its event time, the rule a
+replay applies (``streams.features.runs``). It holds the newest runs' tail of that
+timeline (:class:`HeldRuns`, :meth:`OnlineFeatures.fetch_held`): the run in effect before
+the live one, the live one, and a newer run from when it is recorded until its
+``effective_at``; :meth:`OnlineFeatures.vectors_as_of` picks per event. A batch inside
+one run's time, the usual case, is one lookup as before; one straddling a switch is
+looked up per run and put back in row order. An event from before every held run (very
+late) gets the oldest held one and is counted (``AsOfVectors.stale``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,17 +47,26 @@ from streams.features.event import ACCOUNT_MEAN_FEATURE, compute_event_features
 from streams.features.paths import export_path, runs_dir
 from streams.features.registry import ServiceLayout, ViewLayout, load_service_layout
 from streams.features.run_exports import read_manifest, verified_files
-from streams.features.runs import NightlyRun
+from streams.features.runs import NightlyRun, RunTimeline, hold_from, live_index
 
 if TYPE_CHECKING:
     from streams.features.redis_store import RedisFeatures
     from streams.settings import Settings
 
-__all__ = ["LatestRun", "OnlineFeatures", "Snapshot", "SnapshotFeatures"]
+__all__ = [
+    "AsOfVectors",
+    "HeldRuns",
+    "LatestRun",
+    "OnlineFeatures",
+    "RecentRuns",
+    "Snapshot",
+    "SnapshotFeatures",
+]
 
 log = logging.getLogger("streams.features.online")
 
 LatestRun = Callable[[], NightlyRun | None]
+RecentRuns = Callable[[], Sequence[NightlyRun]]  # the newest few (runs.recent_runs_sql)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +90,64 @@ class Snapshot:
     source: str = "export"  # where it was loaded from: "export" (Parquet) or "redis"
 
 
+_ALWAYS = np.array([np.iinfo(np.int64).min], dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRuns:
+    """The snapshots a scoring process serves, each event by its time: ``snapshots[i]``
+    from ``starts_ms[i]`` until the next start (a tail of ``runs.RunTimeline``, the rule a
+    replay applies); an event before ``starts_ms[0]`` gets ``snapshots[0]`` and is counted
+    stale. ``current``: the one in effect when they were loaded (what ``run_id``,
+    ``feature_date``, ``lookup`` and ``vectors`` report and serve)."""
+
+    starts_ms: npt.NDArray[np.int64]
+    snapshots: tuple[Snapshot, ...]
+    current: int = 0
+    asked: tuple[str, ...] = ()  # the runs the timeline named (some may not have loaded)
+
+    @classmethod
+    def single(cls, snapshot: Snapshot) -> HeldRuns:
+        """``snapshot`` for every event, whatever its time."""
+        return cls(_ALWAYS, (snapshot,), 0, (snapshot.run_id,))
+
+    @property
+    def run_ids(self) -> tuple[str, ...]:
+        return tuple(s.run_id for s in self.snapshots)
+
+    def pick(self, times_ms: npt.ArrayLike) -> tuple[npt.NDArray[np.intp], int]:
+        """Per event time (epoch ms): its snapshot's index; and how many were before every
+        start (given the oldest)."""
+        index = live_index(self.starts_ms, times_ms)
+        stale = int(np.count_nonzero(index < 0))
+        return (np.maximum(index, 0) if stale else index), stale
+
+    def describe(self) -> str:
+        """``run (from <UTC time>)`` per held run, oldest first, the current one marked."""
+        parts = []
+        for i, (start, snapshot) in enumerate(
+            zip(self.starts_ms.tolist(), self.snapshots, strict=True)
+        ):
+            since = "" if start == _ALWAYS[0] else f" from {_iso(start)}"
+            mark = " (current)" if i == self.current and len(self.snapshots) > 1 else ""
+            parts.append(f"{snapshot.run_id}{since}{mark}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class AsOfVectors:
+    """A batch's feature vectors and the run each row was served from: rows where
+    ``index`` is i used ``run_ids[i]`` (features for ``feature_dates[i]``); ``index`` None:
+    every row the one run. ``stale``: rows older than every held run (given the oldest)."""
+
+    x: npt.NDArray[np.float32]
+    missing: npt.NDArray[np.bool_]
+    run_ids: tuple[str, ...]
+    feature_dates: tuple[date, ...]
+    index: npt.NDArray[np.intp] | None = None
+    stale: int = 0
+
+
 class OnlineFeatures:
     """Batch lookup of the latest successful nightly run's entity features.
 
@@ -84,13 +161,17 @@ class OnlineFeatures:
         feature_service: str | None = None,
         *,
         latest_run: LatestRun | None = None,
+        recent_runs: RecentRuns | None = None,
     ) -> None:
         self._settings = settings
         self._layout: ServiceLayout = load_service_layout(
             settings, feature_service or settings.feature_service
         )
         self._latest_run = latest_run or self._latest_run_from_clickhouse
+        # fetch_held's view of feature_runs: the newest few runs (default: the newest one)
+        self._recent_runs = recent_runs
         self._snapshot: Snapshot | None = None
+        self._held: HeldRuns | None = None
         self._mean_column = self.entity_feature_names.index(ACCOUNT_MEAN_FEATURE)
         # STREAMSCORE_ONLINE_STORE=redis: the live run is read from Redis (fetch_newer);
         # read_run (replays, fallbacks) reads the kept exports either way.
@@ -122,6 +203,111 @@ class OnlineFeatures:
     def run_id(self) -> str | None:
         snapshot = self._snapshot
         return snapshot.run_id if snapshot else None
+
+    @property
+    def held(self) -> HeldRuns | None:
+        """What ``vectors_as_of`` serves from (None before anything is loaded)."""
+        return self._held
+
+    def switch_if_newer(self, now_ms: int | None = None) -> bool:
+        """:meth:`fetch_held` and :meth:`use_held`: True when what is served changed."""
+        held = self.fetch_held(now_ms)
+        if held is None:
+            return False
+        self.use_held(held)
+        return True
+
+    def fetch_held(
+        self, now_ms: int | None = None, *, pending: HeldRuns | None = None
+    ) -> HeldRuns | None:
+        """The runs to hold at ``now_ms`` (default: now), loaded, if they differ from those
+        held (or from ``pending``, loaded and not yet in use): of the newest runs'
+        timeline, the run in effect before the live one, the live one and any newer run
+        waiting for its start. A run is loaded as soon as it is recorded, before it takes
+        effect; snapshots already loaded are reused. None when nothing changed, or the
+        newest run could not be read from Redis while one is served. Nothing is swapped
+        (:meth:`use_held` does)."""
+        runs = [r for r in self._runs() if r.ok]
+        if not runs:
+            return None
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        timeline = RunTimeline.from_runs(runs)
+        tail = timeline.tail(hold_from(timeline, now))
+        current = max(int(tail.at([now])[0]), 0)
+        served = self._held
+        held = pending or served
+        asked = tuple(r.run_id for r in tail.runs)
+        if held is not None and (held.asked, held.current) == (asked, current):
+            if self._redis is not None:
+                self._redis.ping()  # streamscore_feature_store_up between loads too
+            return None
+        known = {s.run_id: s for h in (served, pending) if h is not None for s in h.snapshots}
+        return self._load_tail(tail, current, known, late=held is not None, now_ms=now)
+
+    def _runs(self) -> Sequence[NightlyRun]:
+        if self._recent_runs is not None:
+            return self._recent_runs()
+        run = self._latest_run()
+        return [] if run is None else [run]
+
+    def _load_tail(
+        self,
+        tail: RunTimeline,
+        current: int,
+        known: Mapping[str, Snapshot],
+        *,
+        late: bool,
+        now_ms: int,
+    ) -> HeldRuns | None:
+        """``tail``'s runs, loaded (or taken from ``known``); ``late``: warn of a run in
+        effect before it was loaded (not at start-up, when that is how runs are found)."""
+        newest = len(tail.runs) - 1
+        loaded: list[Snapshot | None] = []
+        for i, run in enumerate(tail.runs):
+            if run.run_id in known:
+                loaded.append(known[run.run_id])
+            elif i == newest and self._redis is not None:
+                snapshot = self._read_from_redis(run)
+                if snapshot is None:
+                    return None  # logged; what is held stays, tried again next reload
+                loaded.append(snapshot)
+            elif i >= current:
+                loaded.append(self.read_run(run))  # (a run from before kept runs: dated)
+            elif self.has_kept(run):
+                loaded.append(self.read_run(run, require_kept=True))
+            else:
+                # A run in effect before the live one, from before runs kept their exports:
+                # its dated export may hold a later rerun's rows now, so it is not held.
+                log.warning(
+                    "nightly run %s kept no features by run id: not held, events from before "
+                    "%s are served run %s",
+                    run.run_id, _iso(int(tail.starts_ms[i + 1])), tail.runs[i + 1].run_id,
+                )  # fmt: skip
+                loaded.append(None)
+        first = max((i + 1 for i, s in enumerate(loaded) if s is None), default=0)
+        snapshots = tuple(s for s in loaded[first:] if s is not None)
+        if late:
+            for i, run in enumerate(tail.runs[current:], start=current):
+                start = int(tail.starts_ms[i])
+                if run.run_id not in known and start < now_ms:
+                    log.warning(
+                        "nightly run %s took effect at %s, %.1f s before this process had "
+                        "loaded it: events of that time were served the previous run "
+                        "(raise STREAMSCORE_FEATURE_SWITCH_DELAY_S above the reload "
+                        "interval plus a load; a replay reports them)",
+                        run.run_id, _iso(start), (now_ms - start) / 1000,
+                    )  # fmt: skip
+        return HeldRuns(
+            tail.starts_ms[first:],
+            snapshots,
+            max(current - first, 0),
+            tuple(r.run_id for r in tail.runs),
+        )
+
+    def use_held(self, held: HeldRuns) -> None:
+        """Serve ``held`` from the next lookup on (one reference: atomic)."""
+        self._held = held
+        self._snapshot = held.snapshots[held.current]
 
     def refresh_if_newer(self) -> bool:
         """Swap to the newest successful run if it is not the one loaded; True if swapped."""
@@ -231,7 +417,8 @@ class OnlineFeatures:
         return SnapshotFeatures(self._layout, snapshot, self._mean_column)
 
     def use(self, snapshot: Snapshot) -> None:
-        """Serve ``snapshot`` from the next lookup on (one reference: atomic)."""
+        """Serve ``snapshot`` from the next lookup on, for every event (one reference: atomic)."""
+        self._held = HeldRuns.single(snapshot)
         self._snapshot = snapshot
 
     def load(self, feature_date: date, run_id: str = "") -> None:
@@ -277,6 +464,48 @@ class OnlineFeatures:
                 "no features loaded: no successful nightly run yet (run `streamscore nightly`)"
             )
         return _vectors(self._layout, snapshot, self._mean_column, events)
+
+    def vectors_as_of(
+        self, events: pa.Table | pa.RecordBatch, times_ms: npt.ArrayLike
+    ) -> AsOfVectors:
+        """``vectors`` with each event served by the held run in effect at its time
+        (``times_ms``, epoch ms per row): one lookup when the whole batch is in one run's
+        time; otherwise one per run, put back in row order."""
+        held = self._held  # one read: the whole batch sees one set of runs
+        if held is None:
+            raise FeatureError(
+                "no features loaded: no successful nightly run yet (run `streamscore nightly`)"
+            )
+        index, stale = held.pick(times_ms)
+        n = len(index)
+        first = int(index[0]) if n else held.current
+        if n == 0 or bool((index == first).all()):
+            one = held.snapshots[first]
+            x, missing = _vectors(self._layout, one, self._mean_column, events)
+            return AsOfVectors(x, missing, (one.run_id,), (one.feature_date,), None, stale)
+        used = np.unique(index)
+        parts = []
+        for i in used.tolist():
+            rows = np.flatnonzero(index == i)
+            part = events.take(pa.array(rows))
+            parts.append(
+                (rows, *_vectors(self._layout, held.snapshots[i], self._mean_column, part))
+            )
+        _, x0, m0 = parts[0]
+        x = np.empty((n, x0.shape[1]), dtype=x0.dtype)
+        missing = np.empty((n, m0.shape[1]), dtype=np.bool_)
+        for rows, part_x, part_missing in parts:
+            x[rows] = part_x
+            missing[rows] = part_missing
+        chosen = [held.snapshots[i] for i in used.tolist()]
+        return AsOfVectors(
+            x,
+            missing,
+            tuple(s.run_id for s in chosen),
+            tuple(s.feature_date for s in chosen),
+            np.searchsorted(used, index).astype(np.intp),
+            stale,
+        )
 
     def _load_view(self, view: ViewLayout, feature_date: date) -> _EntityTable:
         path = export_path(self._settings, view.model, feature_date)
@@ -354,6 +583,10 @@ def _vectors(
     entity, missing = _lookup(layout, snapshot, ids)
     event = compute_event_features(events, entity[:, mean_column], layout.event_version)
     return np.hstack([entity, event]), missing
+
+
+def _iso(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def _load_table(view: ViewLayout, path: Path) -> _EntityTable:

@@ -334,6 +334,13 @@ class WorkerMetrics:
         registry.register(self._placement)
         self._features = _FeaturesCollector()
         registry.register(self._features)
+        self.features_stale = Counter(
+            "streamscore_features_stale_events",
+            "Events whose event time precedes every nightly run this process holds (very "
+            "late): scored with the oldest held run, not the one in effect at their time; "
+            "a replay reports each as a run mismatch.",
+            registry=registry,
+        )
         self.drift_psi = Gauge(
             "streamscore_drift_psi",
             "Population stability index of a feature (or __score__) in the last closed window.",
@@ -359,6 +366,11 @@ class WorkerMetrics:
         """``n`` events of ``stage`` ended as ``outcome`` (``reason``: the DLQ error class)."""
         if n > 0:
             self.events.labels(stage, outcome, reason).inc(n)
+
+    def count_stale_features(self, n: int) -> None:
+        """``n`` events served the oldest held nightly run (older than every held run)."""
+        if n > 0:
+            self.features_stale.inc(n)
 
     def count_dlq(self, stage: str, reasons: Iterable[str]) -> None:
         """One DLQ count per reason occurrence: ``reasons`` holds one entry per dead letter."""

@@ -11,6 +11,9 @@ send the resulting Arrow table and messages to their sinks.
   features, scores with every model of the ModelSet and builds the ``predictions``
   rows: one per (event, model), champion rows first. Unknown entities are served their
   declared defaults and flagged per row (``missing_features``, ``missing_entities``).
+  A source that holds several nightly runs (the live worker's ``OnlineFeatures``) serves
+  each event the run in effect at its event time, and each row records its own
+  ``feature_run_id`` and ``feature_date``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import orjson
@@ -27,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
+from streams.features.online import AsOfVectors
 from streams.features.registry import ServiceLayout
 from streams.records import ValidEvent as ValidEvent  # moved; re-exported for old callers
 from streams.scoring.decide import Decision
@@ -182,6 +186,7 @@ class ScoredEvents:
     missing_entities: list[list[str]]
     decided_row: NDArray[np.intp]  # per event: its row in ``predictions`` that was acted on
     timings_ms: dict[str, float]
+    stale_events: int = 0  # events older than every run the source held (served the oldest)
 
     @property
     def n_events(self) -> int:
@@ -217,6 +222,27 @@ class FeatureSource(Protocol):
     ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]: ...
 
 
+@runtime_checkable
+class AsOfFeatureSource(FeatureSource, Protocol):
+    """A source holding several nightly runs: each event served the run in effect at its
+    time (``OnlineFeatures.vectors_as_of``). One serving one run needs only ``vectors``."""
+
+    def vectors_as_of(
+        self, events: pa.Table | pa.RecordBatch, times_ms: NDArray[np.int64]
+    ) -> AsOfVectors: ...
+
+
+def served_vectors(
+    features: FeatureSource, table: pa.Table, time_field: str = "event_time"
+) -> AsOfVectors:
+    """``table``'s feature vectors and the run that served each row."""
+    if isinstance(features, AsOfFeatureSource):
+        times = table.column(time_field).cast(pa.int64()).to_numpy()
+        return features.vectors_as_of(table, times)
+    x, missing = features.vectors(table)
+    return AsOfVectors(x, missing, (features.run_id or "",), (features.feature_date,))
+
+
 def score_events(
     batch: DecodedBatch,
     features: FeatureSource,
@@ -231,7 +257,8 @@ def score_events(
     table = batch.table
     n = table.num_rows
     t0 = time.perf_counter()
-    x, missing = features.vectors(table)
+    served = served_vectors(features, table, time_field)
+    x, missing = served.x, served.missing
     t1 = time.perf_counter()
     event_ids = table.column("event_id").to_pylist()
     each = models.score_each(event_ids, x)
@@ -264,6 +291,12 @@ def score_events(
 
     def constant(value: Any, dtype: pa.DataType) -> pa.Array:
         return pa.array([value] * (n * k), type=dtype)
+
+    def by_run(values: tuple[Any, ...], dtype: pa.DataType) -> pa.Array:
+        """Each row's value of the run that served it (one run: a constant)."""
+        if served.index is None:
+            return constant(values[0], dtype)
+        return pa.array(values, type=dtype).take(pa.array(np.tile(served.index, k)))
 
     flat = np.tile(np.ascontiguousarray(x, dtype=np.float32).ravel(), k)
     width = x.shape[1]
@@ -304,8 +337,8 @@ def score_events(
             pa.array(entity_offsets, type=pa.int32()), pa.array(entity_values, type=pa.string())
         ),
         "features": feature_lists,
-        "feature_run_id": constant(features.run_id or "", pa.string()),
-        "feature_date": constant(features.feature_date, pa.date32()),
+        "feature_run_id": by_run(served.run_ids, pa.string()),
+        "feature_date": by_run(served.feature_dates, pa.date32()),
         "queue_ms": repeat(queue_ms, pa.float32()),
         "feature_ms": constant(timings["feature_ms"], pa.float32()),
         "model_ms": constant(timings["model_ms"], pa.float32()),
@@ -330,8 +363,9 @@ def score_events(
     entity_columns = int(per_entity.sum())
     feature_missing[:, :entity_columns] = np.repeat(missing, per_entity, axis=1)
     return ScoredEvents(
-        pa.table(columns), each, x, feature_missing, missing_entities, decided_row, timings
-    )
+        pa.table(columns), each, x, feature_missing, missing_entities, decided_row, timings,
+        served.stale,
+    )  # fmt: skip
 
 
 def prediction_messages(

@@ -1,21 +1,27 @@
-"""Replay as of event time reproduces live scores across a nightly rerun; current features do not.
+"""Replay as of event time reproduces every live score across a nightly rerun, the seconds
+after it finished and late events included; current features do not.
 
 The world's nightly run R1 (for today) serves the first events. Late transactions for
 yesterday then land in the lake for some accounts, and the worker's own crontab reruns
 the nightly for today: run R2 overwrites today's dated exports with features that differ
-for those accounts, and the worker's reload timer swaps to it. A trickle of probe events
-runs from the first batch until the worker logs the swap (they straddle R2's finish: the
-reload gap), then a second batch follows.
+for those accounts. R2 takes effect STREAMSCORE_FEATURE_SWITCH_DELAY_S (30 s) after it
+finishes; the worker checks for runs every STREAMSCORE_FEATURE_RELOAD_S (5 s), so it holds
+R2 before then. A probe event every 0.5 s runs from the first batch until well after R2
+took effect: probes before R2 finished, between its finish and the worker's reload (the
+old reload gap), between the reload and its effective time, and after it. Then late
+events arrive, their event times before R2's effective time, and a second batch follows.
 
+The live worker and the replay apply one rule to each event's own time, so every live row
+must be reproduced bit for bit: same run, same features, same score, zero mismatches.
 Replay dedups on (coordinates, model version), and every event already has its live
 rows, so nothing is written: a replay compares instead. The test rescores every event
 through ``Rescorer.rescore`` (what a replay scores, before the write) and compares each
-row with the live one in ClickHouse, then runs ``replay()`` itself and checks that its
-counts (runs that differ, scores that changed, rows written) say the same.
+row with the live one in ClickHouse, then runs ``replay()`` itself and checks its counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import time
@@ -25,11 +31,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streams.kafka import make_consumer, make_producer
 from streams.settings import Settings
+from streams.simulate.clock import rfc3339_one
 from streams.simulate.records import SimRecord, SimulationConfig, simulate_records
 from streams.topics import raw_topic
 from tests.integration.conftest import (
@@ -46,7 +54,10 @@ from tests.integration.conftest import (
 pytestmark = FEAST_STACK_MARKS
 
 LATE_AMOUNT = 4321.0
-SWAP = re.compile(r"features now from nightly run ([0-9a-f]{32})")
+SWITCH_S = 30  # STREAMSCORE_FEATURE_SWITCH_DELAY_S of the test's worker (and its nightly)
+RELOAD_S = 5  # STREAMSCORE_FEATURE_RELOAD_S: well under the switch delay
+HELD = re.compile(r"features from nightly runs by event time: (.*)")
+HELD_RUN = re.compile(r"([0-9a-f]{32}) from (\d{4}-\d\d-\d\dT[\d:.]+\+00:00)")
 
 
 def live_stream(seed: int) -> Iterator[SimRecord]:
@@ -60,6 +71,23 @@ def live_stream(seed: int) -> Iterator[SimRecord]:
 
 def take(stream: Iterator[SimRecord], n: int) -> list[SimRecord]:
     return [next(stream) for _ in range(n)]
+
+
+def event_ms(record: SimRecord) -> int:
+    assert record.event is not None
+    moment = datetime.fromisoformat(str(record.event["event_time"]).replace("Z", "+00:00"))
+    return int(moment.timestamp() * 1000)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def stamped(record: SimRecord, time_ms: int) -> SimRecord:
+    """``record`` with its event time set to ``time_ms`` (a late event: it happened then)."""
+    assert record.event is not None
+    event = {**record.event, "event_time": rfc3339_one(time_ms)}
+    return dataclasses.replace(record, value=orjson.dumps(event), event=event)
 
 
 def add_late_transactions(settings: Settings, accounts: list[str]) -> set[str]:
@@ -90,29 +118,46 @@ def next_minute_after(seconds: float) -> datetime:
     return moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
 
 
-def trickle_until_swap(
+@dataclasses.dataclass
+class Switch:
+    """What the probes saw of the switch to the rerun."""
+
+    run_id: str  # the rerun, R2
+    effective_ms: int  # when it took effect, as the worker logged it
+    held_seen_ms: int  # when the test first saw the worker hold it (an upper bound)
+    probes: dict[Coordinates, SimRecord]
+
+
+def trickle_across_switch(
     settings: Settings,
     worker: subprocess.Popen[bytes],
     stream: Iterator[SimRecord],
     not_run: str,
     timeout: float,
-) -> tuple[str, dict[Coordinates, SimRecord]]:
-    """Publish one event every 0.5 s until the worker swaps to a run other than
-    ``not_run`` (a swap happens on the next batch); that run's id and where the probes
-    landed. Each probe's event time is the moment it is sent."""
+    after_s: float = 8.0,
+) -> Switch:
+    """Publish one event every 0.5 s until ``after_s`` past the effective time of the first
+    run other than ``not_run`` the worker holds (it logs what it holds at each swap).
+    Each probe's event time is the moment it is made."""
     log = worker.log_path  # type: ignore[attr-defined]
     topic = raw_topic(settings)
     producer = make_producer(settings)
     landed: dict[Coordinates, SimRecord] = {}
     deadline = time.monotonic() + timeout
+    found: tuple[str, int, int] | None = None
     try:
         while time.monotonic() < deadline:
             assert worker.poll() is None, f"the worker exited; see {log}"
-            text = log.read_text(errors="replace")
-            assert "nightly run failed" not in text, f"the worker's nightly failed; see {log}"
-            swapped = [r for r in SWAP.findall(text) if r != not_run]
-            if swapped:
-                return swapped[0], landed
+            if found is None:
+                text = log.read_text(errors="replace")
+                assert "nightly run failed" not in text, f"the worker's nightly failed; see {log}"
+                for held in HELD.findall(text):
+                    for run_id, since in HELD_RUN.findall(held):
+                        if run_id != not_run and found is None:
+                            moment = datetime.fromisoformat(since)
+                            found = (run_id, int(moment.timestamp() * 1000), now_ms())
+            elif now_ms() > found[1] + after_s * 1000:
+                return Switch(*found, landed)
             item = next(stream)
 
             def delivered(err: Any, msg: Any, item: SimRecord = item) -> None:
@@ -127,7 +172,7 @@ def trickle_until_swap(
             time.sleep(0.5)
     finally:
         assert producer.flush(30) == 0
-    raise AssertionError(f"the worker never swapped to a new nightly run; see {log}")
+    raise AssertionError(f"the worker never held a new nightly run in time; see {log}")
 
 
 Row = tuple[str, float, tuple[float, ...]]  # feature run, score, features
@@ -160,7 +205,7 @@ def rescored(settings: Settings, gateway: Any, features: str) -> dict[tuple[int,
     return out
 
 
-def test_replay_as_of_event_time_reproduces_live_scores_across_a_rerun(
+def test_replay_as_of_event_time_reproduces_every_live_score_across_a_rerun(
     scoring_settings: Settings, start_scorer: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     from streams.clickhouse.gateway import ClickHouseGateway
@@ -170,30 +215,54 @@ def test_replay_as_of_event_time_reproduces_live_scores_across_a_rerun(
     from streams.replay import CURRENT, replay
 
     settings = scoring_settings
-    (first_run,) = query(settings, "select run_id from {db}.feature_runs")[0]
+    ((first_run, first_done, first_effective),) = query(
+        settings, "select run_id, finished_at, effective_at from {db}.feature_runs"
+    )
+    # the service's first run has no run to switch from: it takes effect at its finish
+    assert epoch_ms(first_effective) == epoch_ms(first_done)
     stream = live_stream(seed=21)
     batch1 = take(stream, 300)
-    changed_accounts = sorted({r.event["account_id"] for r in batch1[:60]})
+    changed_accounts = sorted({r.event["account_id"] for r in batch1[:60]})  # type: ignore[index]
     changed = add_late_transactions(settings, changed_accounts)
 
     # The rerun is the worker's own crontab, once, at a minute that leaves time to start.
     fire = next_minute_after(40)
     landed1 = publish(settings, batch1)
     worker = start_scorer(
-        STREAMSCORE_AGENTS="score,sink", STREAMSCORE_NIGHTLY_CRON=f"{fire.minute} {fire.hour} * * *"
+        STREAMSCORE_AGENTS="score,sink",
+        STREAMSCORE_NIGHTLY_CRON=f"{fire.minute} {fire.hour} * * *",
+        STREAMSCORE_FEATURE_SWITCH_DELAY_S=str(SWITCH_S),
+        STREAMSCORE_FEATURE_RELOAD_S=str(RELOAD_S),
     )
     wait_for_predictions(settings, set(landed1), timeout=180, worker=worker)
-    second_run, probes = trickle_until_swap(settings, worker, stream, first_run, timeout=600)
+    switch = trickle_across_switch(settings, worker, stream, first_run, timeout=600)
+    second_run, probes = switch.run_id, switch.probes
+    # Late events: they happened before R2 took effect (in the 40 s before), arrive after.
+    late_items = [
+        stamped(item, switch.effective_ms - 2000 * (k + 1))
+        for k, item in enumerate(take(stream, 20))
+    ]
+    landed_late = publish(settings, late_items)
     landed2 = publish(settings, take(stream, 300))
-    everything = {**landed1, **probes, **landed2}
+    everything = {**landed1, **probes, **landed_late, **landed2}
     wait_for_predictions(settings, set(everything), timeout=180, worker=worker)
     stop(worker)
-    # the worker loaded both runs by run id (never the dated fallback of older runs)
-    assert "kept no features by run id" not in worker.log_path.read_text()  # type: ignore[attr-defined]
+    log = worker.log_path.read_text()  # type: ignore[attr-defined]
+    # the worker loaded both runs by run id (never the dated fallback of older runs), and
+    # R2 before it took effect
+    assert "kept no features by run id" not in log
+    assert "before this process had loaded it" not in log
+    assert switch.held_seen_ms < switch.effective_ms
 
-    runs = dict(query(settings, "select run_id, finished_at from {db}.feature_runs"))
+    runs = {
+        run: (epoch_ms(done), epoch_ms(effective))
+        for run, done, effective in query(
+            settings, "select run_id, finished_at, effective_at from {db}.feature_runs"
+        )
+    }
     assert set(runs) == {first_run, second_run}
-    second_live_ms = epoch_ms(runs[second_run])  # R2's nightly date is R1's: today
+    second_done, second_effective = runs[second_run]
+    assert second_effective == second_done + SWITCH_S * 1000 == switch.effective_ms
     # R2 rewrote today's dated export; R1's kept copy still holds what R1 served.
     today = query(settings, "select nightly_date from {db}.feature_runs limit 1")[0][0]
     dated = pq.read_table(export_path(settings, "account_features", today))
@@ -211,21 +280,41 @@ def test_replay_as_of_event_time_reproduces_live_scores_across_a_rerun(
         )
     }
     assert len(live) == 2 * len(everything)  # champion and shadow
-    # the live path records the snapshot's run: R1 for the first batch, R2 for the second
     by_event_run = {(p, o): run for (p, o, _), (run, _, _) in live.items()}
-    assert {by_event_run[(p, o)] for (_, p, o) in landed1} == {first_run}
-    assert {by_event_run[(p, o)] for (_, p, o) in landed2} == {second_run}
-
     topic = raw_topic(settings)
 
     def as_of(partition: int, offset: int) -> str:
-        """The rule, independently: R2 from its finish on (its date is today)."""
-        stamp = everything[(topic, partition, offset)].event["event_time"]
-        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-        return second_run if epoch_ms(moment) >= second_live_ms else first_run
+        """The rule, independently: R2 from its effective time on (its date is today)."""
+        return (
+            second_run
+            if event_ms(everything[(topic, partition, offset)]) >= second_effective
+            else first_run
+        )
 
-    gap = {(p, o) for (_, p, o) in everything if by_event_run[(p, o)] != as_of(p, o)}
-    assert gap <= {(p, o) for (_, p, o) in probes}  # only probes straddle the reload
+    # Live: every event was served the run in effect at its event time.
+    assert {key: by_event_run[key[1:]] for key in everything} == {
+        key: as_of(*key[1:]) for key in everything
+    }
+    assert {by_event_run[(p, o)] for (_, p, o) in landed1} == {first_run}
+    assert {by_event_run[(p, o)] for (_, p, o) in landed_late} == {first_run}
+    assert {by_event_run[(p, o)] for (_, p, o) in landed2} == {second_run}
+    # the probes cover every phase of the switch, each phase served as the rule says
+    phases: dict[str, set[str]] = {}
+    for (_, p, o), item in probes.items():
+        t = event_ms(item)
+        phase = (
+            "before R2 finished" if t < second_done
+            else "finished, not yet held" if t < switch.held_seen_ms - 1000
+            else "held, not in effect" if t < second_effective
+            else "in effect"
+        )  # fmt: skip
+        phases.setdefault(phase, set()).add(by_event_run[(p, o)])
+    assert phases["before R2 finished"] == {first_run}
+    assert phases["held, not in effect"] == {first_run}
+    assert phases["in effect"] == {second_run}
+    in_gap = [i for i in probes.values() if second_done <= event_ms(i) < second_effective]
+    assert len(in_gap) >= 20  # 30 s at two a second, less a few
+    assert phases.get("finished, not yet held", {first_run}) == {first_run}
 
     gateway = ClickHouseGateway.open(settings)
     try:
@@ -237,19 +326,13 @@ def test_replay_as_of_event_time_reproduces_live_scores_across_a_rerun(
     finally:
         gateway.close()
 
-    # As of event time: each event gets the run the rule names, and wherever that is the
-    # run the worker served, the very same features and score, bit for bit.
+    # As of event time: every row, the switch's seconds and the late events included, with
+    # the very same run, features and score, bit for bit.
     assert set(replayed) == set(live)
-    same = 0
     for key, (run, score, features) in replayed.items():
-        assert run == as_of(key[0], key[1]), key
-        if (key[0], key[1]) in gap:
-            continue
-        assert run == live[key][0]
+        assert run == live[key][0] == as_of(key[0], key[1]), key
         assert np.float32(score) == np.float32(live[key][1]), key
         assert features == live[key][2], key
-        same += 1
-    assert same == 2 * (len(everything) - len(gap)) and same >= 2 * 600
 
     # Current features: every event with R2; the first batch's events of the changed
     # accounts are scored differently, and only events whose features changed are.
@@ -261,19 +344,14 @@ def test_replay_as_of_event_time_reproduces_live_scores_across_a_rerun(
     assert {(p, o) for p, o, _ in moved} & first_batch
     # (merchant features also change: their fraud-rate prior is global, so the late
     # rows move every merchant's a little)
-    late = {(p, o) for (_, p, o), r in landed1.items() if r.event["account_id"] in changed}
+    late = {(p, o) for (_, p, o), r in landed1.items() if r.event["account_id"] in changed}  # type: ignore[index]
     assert late and late <= {(p, o) for p, o, _ in refeatured}
 
-    # replay() writes nothing (every row is there) and reports the same disagreements.
-    gap_rows_changed = sum(
-        1
-        for key, (_, score, _) in replayed.items()
-        if (key[0], key[1]) in gap and np.float32(score) != np.float32(live[key][1])
-    )
+    # replay() writes nothing (every row is there) and finds no disagreement at all.
     assert as_of_counts.rows_written == current_counts.rows_written == 0
     assert as_of_counts.rows_present == current_counts.rows_present == len(live)
-    assert as_of_counts.run_mismatch == len(gap)
-    assert as_of_counts.scores_changed == gap_rows_changed
+    assert as_of_counts.run_mismatch == 0 and as_of_counts.run_changed == {}
+    assert as_of_counts.rows_compared == len(live) and as_of_counts.scores_changed == 0
     assert as_of_counts.unserved == 0
     assert set(as_of_counts.runs_used) == {first_run, second_run}
     assert as_of_counts.snapshots_loaded >= 2

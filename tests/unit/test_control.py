@@ -271,10 +271,13 @@ def test_the_reload_timer_loads_off_the_batch_path_and_the_next_batch_swaps(
 
     from streams.agents.score import Scoring
 
-    used: list[str] = []
+    used: list[object] = []
     swapped: list[str] = []
     recorded: list[bool] = []
-    features = SimpleNamespace(fetch_newer=lambda: "run-2 tables", use=used.append, run_id="run-1")
+    run2 = SimpleNamespace(describe=lambda: "run-2")  # the runs held, by event time
+    features = SimpleNamespace(
+        fetch_held=lambda pending=None: run2, use_held=used.append, run_id="run-1"
+    )
     holder = SimpleNamespace(swap=lambda build: swapped.append(build()))
 
     def broken_models() -> str:
@@ -289,12 +292,12 @@ def test_the_reload_timer_loads_off_the_batch_path_and_the_next_batch_swaps(
     Scoring.check_reload(state)  # type: ignore[arg-type]
     assert used == [] and swapped == []  # loaded, not yet served: a batch may be running
     Scoring.apply_reload(state)  # type: ignore[arg-type]
-    assert used == ["run-2 tables"] and swapped == ["models v2"] and recorded == [True]
+    assert used == [run2] and swapped == ["models v2"] and recorded == [True]
     Scoring.apply_reload(state)  # type: ignore[arg-type]
     assert len(used) == 1  # applied once
 
     state._registry_stamp, state._load_models = lambda: 3.0, broken_models
-    features.fetch_newer = lambda: None
+    features.fetch_held = lambda pending=None: None
     with caplog.at_level(logging.ERROR):
         Scoring.check_reload(state)  # type: ignore[arg-type]
     assert "model reload failed, keeping v1: artifact hash mismatch" in caplog.text
