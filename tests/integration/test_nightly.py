@@ -182,7 +182,12 @@ def test_features_at_d_ignore_events_on_and_after_d(world: dict[str, Any]) -> No
     fake = replace(fake, "label_time", [datetime(D.year, D.month, D.day, tzinfo=UTC)])
     pq.write_table(fake, label_dir / "leak.parquet")
 
-    leaky_settings = _settings(root / "leaky-home", leaky, root / "chdb")
+    # Its runs go to a database of their own: recorded in the world's feature_runs, a leaky
+    # run (for D + 1) would be the latest run that later tests serve, with no exports there.
+    leaky_settings = _settings(root / "leaky-home", leaky, root / "chdb").model_copy(
+        update={"clickhouse_database": "leaky_world"}
+    )
+    world["client"].command("create database if not exists leaky_world")
     run = run_nightly(leaky_settings, D, client=world["client"])
     assert run.ok
     for model in ("account_features", "card_features", "merchant_features"):
