@@ -1,7 +1,9 @@
 {#-
   Every transaction paired with each feature date D it can feed: events in [D - 90 days, D),
   90 days being the longest window of any mart. The marts aggregate these rows, so the
-  boundary that keeps them free of leakage is written once, here.
+  boundary that keeps them free of leakage is written once, here. Which of them were known
+  to be fraud before D is int_known_frauds (a label join over every row would cost each
+  mart that never reads it the full scan of event_id).
 -#}
 {%- set lookback_days = 90 %}
 
@@ -27,26 +29,9 @@ transactions as (
 
 ),
 
-labels as (
-
-    select transaction_id, label_time, is_fraud
-    from {{ ref('stg_labels') }}
-
-),
-
 feature_dates as (
 
     {{ feature_dates() }}
-
-),
-
-fraud_known as (
-
-    -- when a transaction was first known to be fraud
-    select transaction_id, min(label_time) as known_at
-    from labels
-    where is_fraud
-    group by transaction_id
 
 ),
 
@@ -67,15 +52,11 @@ final as (
         transactions.is_foreign,
         transactions.is_night,
         transactions.is_card_not_present,
-        transactions.is_ecommerce,
-        -- only labels known before D count: a chargeback filed on D or later is not yet known
-        coalesce(fraud_known.known_at < feature_dates.feature_date, false) as is_known_fraud
+        transactions.is_ecommerce
     from feature_dates
     inner join transactions
         on transactions.event_time < feature_dates.feature_date
         and transactions.event_time >= feature_dates.feature_date - interval '{{ lookback_days }} days'
-    left join fraud_known
-        on fraud_known.transaction_id = transactions.event_id
 
 )
 

@@ -1,15 +1,6 @@
 {{ config(unique_key=['account_id', 'feature_date']) }}
 
-{%- set aggregates = [
-    ([1, 7, 30, 90], [
-        'txn_count', 'amount_sum', 'amount_mean', 'amount_std', 'amount_max',
-        'distinct_merchants', 'distinct_countries', 'distinct_devices',
-        'night_ratio', 'foreign_ratio', 'cnp_ratio', 'ecommerce_ratio',
-    ]),
-    ([30, 90], ['distinct_cards']),
-    ([7, 30, 90], ['active_days']),
-    ([90], ['fraud_labels']),
-] %}
+{%- set aggregates = mart_aggregates('account') %}
 
 with
 
@@ -20,7 +11,7 @@ transactions as (
 
 ),
 
-windowed as (
+windowed as not materialized (
 
     select
         feature_date,
@@ -36,9 +27,9 @@ windowed as (
         is_foreign,
         is_night,
         is_card_not_present,
-        is_ecommerce,
-        is_known_fraud
+        is_ecommerce
     from {{ ref('int_windowed_transactions') }}
+    where {{ built_dates() }}
 
 ),
 
@@ -52,17 +43,22 @@ first_seen as (
 
 ),
 
-aggregated as (
+known_frauds as (
 
-    select
-        account_id,
-        feature_date,
-        {{ window_aggregates(aggregates) }},
-        max(event_time) as last_seen_at
-    from windowed
-    group by account_id, feature_date
+    select feature_date, event_date, account_id
+    from {{ ref('int_known_frauds') }}
+    where {{ built_dates() }}
 
 ),
+
+distinct_values as (
+
+    select * from {{ ref('int_account_distinct') }}
+    where {{ built_dates() }}
+
+),
+
+{{ window_features('windowed', 'account_id', aggregates, frauds='known_frauds', distinct='distinct_values') }},
 
 final as (
 

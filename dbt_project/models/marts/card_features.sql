@@ -1,13 +1,6 @@
 {{ config(unique_key=['card_id', 'feature_date']) }}
 
-{%- set aggregates = [
-    ([1, 7, 30], [
-        'txn_count', 'amount_sum', 'amount_mean', 'amount_std', 'amount_max',
-        'distinct_merchants', 'distinct_countries',
-        'night_ratio', 'foreign_ratio', 'cnp_ratio',
-    ]),
-    ([30], ['distinct_devices']),
-] %}
+{%- set aggregates = mart_aggregates('card') %}
 
 with
 
@@ -18,13 +11,14 @@ transactions as (
 
 ),
 
-windowed as (
+windowed as not materialized (
 
     -- a card's features look back 30 days, so a card has a row at D only with an event
     -- in those 30 days
     select
         feature_date,
         event_time,
+        event_date,
         card_id,
         merchant_id,
         amount,
@@ -35,7 +29,7 @@ windowed as (
         is_night,
         is_card_not_present
     from {{ ref('int_windowed_transactions') }}
-    where {{ in_window(30) }}
+    where {{ built_dates() }} and {{ in_window(30) }}
 
 ),
 
@@ -48,17 +42,14 @@ first_seen as (
 
 ),
 
-aggregated as (
+distinct_values as (
 
-    select
-        card_id,
-        feature_date,
-        {{ window_aggregates(aggregates) }},
-        max(event_time) as last_seen_at
-    from windowed
-    group by card_id, feature_date
+    select * from {{ ref('int_card_distinct') }}
+    where {{ built_dates() }}
 
 ),
+
+{{ window_features('windowed', 'card_id', aggregates, distinct='distinct_values') }},
 
 final as (
 

@@ -1,12 +1,6 @@
 {{ config(unique_key=['merchant_id', 'feature_date']) }}
 
-{%- set aggregates = [
-    ([7, 30, 90], [
-        'txn_count', 'amount_sum', 'amount_mean', 'amount_std', 'amount_max',
-        'distinct_accounts', 'foreign_ratio', 'cnp_ratio',
-    ]),
-    ([30, 90], ['fraud_labels']),
-] %}
+{%- set aggregates = mart_aggregates('merchant') %}
 {%- set prior_weight = var('merchant_fraud_prior_weight') %}
 
 with
@@ -18,19 +12,20 @@ transactions as (
 
 ),
 
-windowed as (
+windowed as not materialized (
 
     select
         feature_date,
         event_time,
+        event_date,
         account_id,
         merchant_id,
         amount,
         amount_cents,
         is_foreign,
-        is_card_not_present,
-        is_known_fraud
+        is_card_not_present
     from {{ ref('int_windowed_transactions') }}
+    where {{ built_dates() }}
 
 ),
 
@@ -42,28 +37,51 @@ first_seen as (
 
 ),
 
-global_rate as (
+known_frauds as (
 
-    -- the prior every merchant's rate shrinks towards: all merchants, same windows
-    select
-        feature_date,
-        {%- for w in [30, 90] %}
-        coalesce(avg(is_known_fraud::double) filter (where {{ in_window(w) }}), 0)
-            as fraud_rate_prior_{{ w }}d{{ "," if not loop.last }}
-        {%- endfor %}
-    from windowed
-    group by feature_date
+    select feature_date, event_date, merchant_id
+    from {{ ref('int_known_frauds') }}
+    where {{ built_dates() }}
 
 ),
 
-aggregated as (
+distinct_values as (
 
+    select * from {{ ref('int_merchant_distinct') }}
+    where {{ built_dates() }}
+
+),
+
+{{ window_features('windowed', 'merchant_id', aggregates, frauds='known_frauds', distinct='distinct_values') }},
+
+global_counts as (
+
+    -- every merchant's transactions and known frauds, per feature date and bucket
+    select feature_date, bucket, sum(txn_count) as txn_count, 0 as fraud_count
+    from aggregated_buckets
+    group by feature_date, bucket
+    union all
+    select feature_date, bucket, 0 as txn_count, sum(fraud_count) as fraud_count
+    from aggregated_fraud_buckets
+    group by feature_date, bucket
+
+),
+
+global_rate as (
+
+    -- the prior every merchant's rate shrinks towards: all merchants, same windows (known
+    -- frauds over transactions, as avg(is_known_fraud) over every windowed row, exactly)
     select
-        merchant_id,
         feature_date,
-        {{ window_aggregates(aggregates) }}
-    from windowed
-    group by merchant_id, feature_date
+        {%- for w in [30, 90] %}
+        coalesce(
+            cast(coalesce(sum(fraud_count) filter (where bucket <= {{ w }}), 0) as double)
+                / nullif(sum(txn_count) filter (where bucket <= {{ w }}), 0),
+            0
+        ) as fraud_rate_prior_{{ w }}d{{ "," if not loop.last }}
+        {%- endfor %}
+    from global_counts
+    group by feature_date
 
 ),
 

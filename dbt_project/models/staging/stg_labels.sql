@@ -10,7 +10,7 @@ renamed as (
 
     select
         event_id as label_id,
-        cast(label_time as timestamp) as label_time,
+        make_timestamp(epoch_us(label_time)) as label_time,  -- UTC wall clock, as stg_transactions
         transaction_id,
         account_id,
         is_fraud,

@@ -2,7 +2,8 @@
   Leakage guard for a feature mart: a row at feature date D may use only events before D.
   Two checks, both failing on a row that used an event on or after D:
   - its recency: the entity was first seen strictly before D and, where the mart has
-    `days_since_last`, last seen strictly before D and no earlier than first;
+    `days_since_last`, last seen strictly before D and no earlier than first (for the
+    dates this run builds: earlier dates were checked when they were built);
   - for the dates this run builds, its `event_count` (a txn_count over `window_days`)
     recounted from staging, not from the windowed model the mart reads: more events
     than the entity had in the `window_days` before D means some came from D or later.
@@ -26,6 +27,7 @@ features as (
         {{ days_since_first }} as days_since_first,
         {{ days_since_last if days_since_last is not none else 'null' }} as days_since_last
     from {{ model }}
+    where feature_date between cast('{{ bounds[0] }}' as date) and cast('{{ bounds[1] }}' as date)
 
 ),
 
@@ -55,7 +57,6 @@ recounted as (
         on daily.entity_key = features.entity_key
         and daily.event_date < features.feature_date
         and daily.event_date >= features.feature_date - interval '{{ window_days }} days'
-    where features.feature_date between cast('{{ bounds[0] }}' as date) and cast('{{ bounds[1] }}' as date)
     group by features.entity_key, features.feature_date
 
 ),

@@ -1,0 +1,27 @@
+{{ config(materialized='table') }}
+
+{#-
+  The merchant mart's distinct counts (distinct_<value>_<days>d) as a query of their own: its
+  hash aggregates are the mart's largest, and in one query with the rest DuckDB holds
+  them all at once (out of memory at a million accounts under a 2.5 GB limit).
+-#}
+{%- set aggregates = mart_aggregates('merchant') %}
+
+with
+
+windowed as not materialized (
+
+    select
+        feature_date,
+        event_time,
+        event_date,
+        merchant_id,
+        account_id
+    from {{ ref('int_windowed_transactions') }}
+    where {{ built_dates() }}
+
+),
+
+{{ distinct_counts('windowed', 'merchant_id', aggregates) }}
+
+select * from counted
