@@ -13,6 +13,7 @@ _EXTERNAL = {
     "features": "streams.bench.features:features",
     "e2e": "streams.bench.e2e:e2e",
     "drift": "streams.bench.drift:drift",
+    "nightly": "streams.bench.nightly:nightly",
 }
 
 

@@ -26,10 +26,13 @@ exactly what Feast would write, from the same registry objects, in bulk:
   ``REDIS_BATCH`` entities; as with Feast's ``skip_dedup``, the last write wins.
 
 After each view, the materialisation interval is recorded in Feast's registry
-(``apply_materialization``), as ``FeatureStore.materialize`` does. Feast's
-``get_online_features`` reads what this wrote (tests/integration/test_nightly.py).
-A view this cannot write (another source or online store type, a non-string join key or
-a feature dtype outside the five above) raises FeatureError naming it, before any write.
+(``apply_materialization``), as ``FeatureStore.materialize`` does. On a nightly run, every
+SQLite row and Redis hash equals what Feast's own ``materialize`` writes, and Feast's
+``get_online_features`` reads it back (tests/integration/test_bulk_materialize.py and the
+skew tests in test_nightly.py). What this cannot write as Feast would (another source or
+store type, a Redis cluster or one without ``skip_dedup``, versioned views, a non-string
+join key, a feature dtype outside the five above) raises FeatureError naming it, before
+any write.
 """
 
 from __future__ import annotations
@@ -132,11 +135,13 @@ def view_plan(view: FeatureView, repo_path: Path) -> ViewPlan:
 
 
 # -- reading ---------------------------------------------------------------------------
-def read_latest(plan: ViewPlan, start: datetime, end: datetime) -> pa.Table:
+def read_latest(
+    plan: ViewPlan, start: datetime, end: datetime, *, ordered: bool = True
+) -> pa.Table:
     """The view's source rows with an event time in ``[start, end]``, the latest per
     entity (Feast's file offline store: both ends inclusive, the last row of the newest
-    event time wins), sorted by entity key. Only the files whose statistics overlap the
-    window are read."""
+    event time wins), sorted by entity key when ``ordered``. Only the files whose
+    statistics overlap the window are read."""
     import pyarrow.dataset as ds
 
     if not plan.source_path.exists():
@@ -152,18 +157,18 @@ def read_latest(plan: ViewPlan, start: datetime, end: datetime) -> pa.Table:
     ts_type = dataset.schema.field(plan.timestamp_field).type
     low, high = (pa.scalar(_aware(t), type=ts_type) for t in (start, end))
     table = dataset.to_table(columns=columns, filter=(stamp >= low) & (stamp <= high))
-    return latest_per_entity(plan, table)
+    return latest_per_entity(plan, table, ordered=ordered)
 
 
-def latest_per_entity(plan: ViewPlan, table: pa.Table) -> pa.Table:
+def latest_per_entity(plan: ViewPlan, table: pa.Table, *, ordered: bool = True) -> pa.Table:
     """``table``'s newest row per entity (the later row on a tie of event times), sorted
-    by serialised entity key: the online table's primary-key order."""
-    table = table.combine_chunks()
+    by serialised entity key when ``ordered``: the SQLite table's primary-key order (the
+    nightly's exports usually are already; then nothing is copied)."""
     keys = table.column(plan.join_key)
     if keys.null_count:
         raise FeatureError(f"feature view {plan.name}: {keys.null_count} rows have no join key")
     if pc.count_distinct(keys).as_py() != table.num_rows:
-        table = table.append_column("__row", pa.array(np.arange(table.num_rows)))
+        table = table.combine_chunks().append_column("__row", pa.array(np.arange(table.num_rows)))
         table = table.sort_by(
             [
                 (plan.join_key, "ascending"),
@@ -175,8 +180,12 @@ def latest_per_entity(plan: ViewPlan, table: pa.Table) -> pa.Table:
         first = np.ones(len(sorted_keys), dtype=bool)
         first[1:] = sorted_keys[1:] != sorted_keys[:-1]
         table = table.filter(pa.array(first)).drop_columns(["__row"])
-    order = pc.sort_indices(encode_entity_keys(plan.join_key, table.column(plan.join_key)))
-    return table.take(order)
+    if not ordered or table.num_rows < 2:
+        return table
+    encoded = encode_entity_keys(plan.join_key, table.column(plan.join_key))
+    if pc.all(pc.greater_equal(encoded[1:], encoded[:-1])).as_py():
+        return table
+    return table.take(pc.sort_indices(encoded))
 
 
 def _aware(moment: datetime) -> datetime:
@@ -548,6 +557,13 @@ def materialize_views(
     kind = config.online_store.type
     if kind not in ("sqlite", "redis"):
         raise FeatureError(f"the bulk writer writes SQLite and Redis online stores, not {kind!r}")
+    if config.entity_key_serialization_version != _ENTITY_KEY_VERSION:
+        raise FeatureError(
+            f"the bulk writer encodes entity keys as Feast's version {_ENTITY_KEY_VERSION}, "
+            f"this store is configured for {config.entity_key_serialization_version}"
+        )
+    if config.registry.enable_online_feature_view_versioning:
+        raise FeatureError("the bulk writer writes unversioned online feature views only")
     feature_views = [store.get_feature_view(name) for name in views]
     plans = [view_plan(view, Path(store.repo_path)) for view in feature_views]
     client = None
@@ -556,15 +572,23 @@ def materialize_views(
             raise FeatureError(
                 f"the bulk writer writes one Redis server, not {config.online_store.redis_type}"
             )
+        if not config.online_store.skip_dedup:
+            # Feast then keeps a stored row whose event time is not older; this writes all
+            raise FeatureError(
+                "the bulk writer writes a Redis store configured with skip_dedup (the last "
+                "write wins), as streams.features.store configures it"
+            )
         client = redis if redis is not None else _feast_redis(config)
     written: dict[str, int] = {}
     for view, plan in zip(feature_views, plans, strict=True):
-        table = read_latest(plan, start, end)
+        # one view in memory at a time (a million accounts: ~0.5 GB of Arrow)
+        table = read_latest(plan, start, end, ordered=client is None)
         if client is not None:
             written[view.name] = write_redis(config, client, plan, table)
         else:
             write_sqlite(config, view, plan, table)
             written[view.name] = table.num_rows
+        del table
         store.registry.apply_materialization(view, store.project, _aware(start), _aware(end))
     return written
 

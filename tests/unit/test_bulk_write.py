@@ -361,3 +361,14 @@ def _timestamp(moment: datetime) -> bytes:
 def _join_keys(view: Any) -> dict[str, Any]:
     # as Feast's materialisation builds them
     return {column.name: column.dtype.to_value_type() for column in view.entity_columns}
+
+
+def test_rows_already_in_key_order_are_not_copied(tmp_path: Path) -> None:
+    _, view = _objects(tmp_path)
+    plan = bulk_write.view_plan(view, tmp_path)
+    shuffled = _rows(30, DAY, seed=8)
+    ordered = bulk_write.latest_per_entity(plan, shuffled)
+    assert ordered.column("thing_id").to_pylist() == sorted(shuffled.column("thing_id").to_pylist())
+    assert bulk_write.latest_per_entity(plan, ordered) is ordered  # already sorted: as is
+    # Redis needs no order: the rows stay as read
+    assert bulk_write.latest_per_entity(plan, shuffled, ordered=False) is shuffled
