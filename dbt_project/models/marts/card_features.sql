@@ -20,11 +20,8 @@ windowed as not materialized (
         event_time,
         event_date,
         card_id,
-        merchant_id,
         amount,
         amount_cents,
-        merchant_country,
-        device_id,
         is_foreign,
         is_night,
         is_card_not_present

@@ -18,7 +18,6 @@ windowed as not materialized (
         feature_date,
         event_time,
         event_date,
-        account_id,
         merchant_id,
         amount,
         amount_cents,
