@@ -372,3 +372,44 @@ def test_rows_already_in_key_order_are_not_copied(tmp_path: Path) -> None:
     assert bulk_write.latest_per_entity(plan, ordered) is ordered  # already sorted: as is
     # Redis needs no order: the rows stay as read
     assert bulk_write.latest_per_entity(plan, shuffled, ordered=False) is shuffled
+
+
+class _FakeSocket:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def recv(self, size: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+class _FakeConnection:
+    """A redis-py connection as the writer uses it: packed commands out, raw replies in."""
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self._sock = _FakeSocket(replies)
+        self.sent: list[bytes] = []
+
+    def send_packed_command(self, command: list[bytes], check_health: bool = True) -> None:
+        self.sent.extend(command)
+
+
+def test_replies_are_counted_across_reads_and_batches() -> None:
+    connection = _FakeConnection([b":3\r\n:3", b"\r\n:0\r\n", b":3\r\n:3\r\n"])
+    batches = iter([(b"first", 3), (b"second", 2)])
+    bulk_write._pipeline(connection, batches, "thing")
+    assert connection.sent == [b"first", b"second"]
+    assert connection._sock.chunks == []
+
+
+def test_an_error_reply_or_a_closed_connection_is_redis_pys_error() -> None:
+    # redis-py's own exceptions, as its client raises them: the nightly's wrapper
+    # (redis_store.materializing) names the store and its URL around them
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+
+    refused = _FakeConnection([b":3\r\n-OOM command not allowed\r\n"])
+    with pytest.raises(ResponseError, match="HSET of view thing was refused: OOM command"):
+        bulk_write._pipeline(refused, iter([(b"x", 2), (b"y", 1)]), "thing")
+    closed = _FakeConnection([b":3\r\n"])
+    with pytest.raises(RedisConnectionError, match="closed the connection during HSETs of view"):
+        bulk_write._pipeline(closed, iter([(b"x", 2)]), "thing")
