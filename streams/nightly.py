@@ -255,8 +255,16 @@ def _dbt_executable() -> str:
 
 
 def _dbt_build(
-    settings: Settings, start: date, end: date, progress: Progress, log: TextIO | None = None
+    settings: Settings,
+    start: date,
+    end: date,
+    progress: Progress,
+    log: TextIO | None = None,
+    *,
+    extra_vars: dict[str, object] | None = None,
 ) -> None:
+    """``dbt build`` of the feature dates ``start``..``end``; ``extra_vars`` go to dbt too
+    (``{"entity_state": False}``: a one-date run recomputes from the windowed events)."""
     state = dbt_state_dir(settings)
     target = state / "target"
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -266,6 +274,7 @@ def _dbt_build(
         "nightly_date": end.isoformat(),
         "start_date": start.isoformat(),
         "end_date": end.isoformat(),
+        **(extra_vars or {}),
     }
     command = [
         _dbt_executable(), "build",

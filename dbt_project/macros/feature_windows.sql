@@ -133,7 +133,7 @@
     end
 {%- endmacro %}
 
-{% macro window_features(relation, entity_key, aggregates, frauds=none, distinct=none, prefix='aggregated') %}
+{% macro window_features(relation, entity_key, aggregates, frauds=none, distinct=none, prefix='aggregated', daily=false) %}
     {#-
       CTEs computing a mart's window features, ending in `<prefix>`: entity_key,
       feature_date, every `<measure>_<days>d` of `aggregates` (the list
@@ -142,8 +142,11 @@
       columns); `frauds` the known frauds among them (int_known_frauds), for fraud_labels;
       `distinct` the mart's distinct counts (`distinct_counts`, built as a model of its
       own: in one query with the rest, DuckDB holds every hash table at once and runs out
-      of memory at a million accounts). Emitted as `name as (…)` items for the mart's own
-      `with` list; `<prefix>_buckets` and `<prefix>_fraud_buckets` stay available.
+      of memory at a million accounts). With `daily`, `relation` holds a daily state's rows
+      instead (macros/entity_state.sql: feature_date, event_date and the day's sums),
+      which the buckets add up to the same values. Emitted as `name as (…)` items for the
+      mart's own `with` list; `<prefix>_buckets` and `<prefix>_fraud_buckets` stay
+      available.
     -#}
     {%- set plan = _window_plan(aggregates) -%}
     {%- set wanted = plan.measures | map(attribute=0) | list -%}
@@ -161,19 +164,34 @@
         {{ entity_key }},
         feature_date,
         {{ _bucket(plan.windows) }} as bucket,
+        {%- if daily %}
+        sum(txn_count) as txn_count,
+        sum(cents) as cents,
+        sum(cents_squared) as cents_squared,
+        max(amount_max) as amount_max,
+        {%- else %}
         count(*) as txn_count,
         sum(amount_cents) as cents,
         sum(amount_cents * amount_cents) as cents_squared,
         max(amount) as amount_max,
+        {%- endif %}
         {%- for flag, name in flags %}
         {%- if name ~ '_ratio' in wanted %}
+        {%- if daily %}
+        sum({{ name }}_count) as {{ name }}_count,
+        {%- else %}
         count(*) filter (where {{ flag }}) as {{ name }}_count,
+        {%- endif %}
         {%- endif %}
         {%- endfor %}
         {%- if 'active_days' in wanted %}
         bit_or(1::hugeint << (feature_date - event_date)) as day_bits,
         {%- endif %}
+        {%- if daily %}
+        max(last_seen_at) as last_seen_at
+        {%- else %}
         max(event_time) as last_seen_at
+        {%- endif %}
     from {{ relation }}
     group by all
 

@@ -265,9 +265,9 @@ def test_dbt_unit_tests_pass(world: dict[str, Any]) -> None:
         env=dbt_environment(settings), capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:]
-    # int_windowed_transactions, int_known_frauds, int_account_distinct, int_merchant_distinct,
-    # account_features and merchant_features
-    assert "PASS=6" in result.stdout
+    # int_windowed_transactions, int_known_frauds, int_account_distinct (windowed events and
+    # entity state), int_merchant_distinct (both), account_features and merchant_features
+    assert "PASS=8" in result.stdout
 
 
 def test_a_failing_dbt_test_blocks_materialisation(world: dict[str, Any]) -> None:

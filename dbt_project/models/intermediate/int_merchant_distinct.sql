@@ -7,6 +7,19 @@
 -#}
 {%- set aggregates = mart_aggregates('merchant') %}
 
+-- Both ways are always dependencies: one-date runs read the entity state, others the
+-- windowed events (macros/entity_state.sql).
+-- depends_on: {{ ref('int_account_seen') }}
+-- depends_on: {{ ref('int_windowed_transactions') }}
+{%- if entity_state_enabled() %}
+
+with
+
+{{ distinct_counts_from_state(ref('int_account_seen'), 'merchant_id', aggregates, state_entity='account_id') }}
+
+select * from counted
+{%- else %}
+
 with
 
 windowed as not materialized (
@@ -25,3 +38,4 @@ windowed as not materialized (
 {{ distinct_counts('windowed', 'merchant_id', aggregates) }}
 
 select * from counted
+{%- endif %}

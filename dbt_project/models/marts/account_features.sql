@@ -1,6 +1,14 @@
-{{ config(unique_key=['account_id', 'feature_date']) }}
+{#- The delete reads only the dates this run builds, not every night the mart holds. -#}
+{{ config(
+    unique_key=['account_id', 'feature_date'],
+    incremental_predicates=[built_dates('DBT_INCREMENTAL_TARGET.feature_date')],
+) }}
 
 {%- set aggregates = mart_aggregates('account') %}
+{#- One-date runs add up the daily state, others the windowed events (macros/entity_state.sql). -#}
+{%- set daily = entity_state_enabled() %}
+-- depends_on: {{ ref('int_account_daily') }}
+-- depends_on: {{ ref('int_windowed_transactions') }}
 
 with
 
@@ -12,6 +20,10 @@ transactions as (
 ),
 
 windowed as not materialized (
+{%- if daily %}
+
+    {{ daily_windowed(ref('int_account_daily'), 'account_id', 90) }}
+{%- else %}
 
     select
         feature_date,
@@ -27,15 +39,23 @@ windowed as not materialized (
     from {{ ref('int_windowed_transactions') }}
     where {{ built_dates() }}
 
+{%- endif %}
+
 ),
 
 first_seen as (
+{%- if daily %}
+
+    {{ daily_first_seen(ref('int_account_daily'), 'account_id') }}
+{%- else %}
 
     -- the global first event is also the first event before D for every account that
     -- has a row at D (it had an event before D), so this cannot leak
     select account_id, min(event_time) as first_seen_at
     from transactions
     group by account_id
+
+{%- endif %}
 
 ),
 
@@ -54,7 +74,7 @@ distinct_values as (
 
 ),
 
-{{ window_features('windowed', 'account_id', aggregates, frauds='known_frauds', distinct='distinct_values') }},
+{{ window_features('windowed', 'account_id', aggregates, daily=daily, frauds='known_frauds', distinct='distinct_values') }},
 
 final as (
 

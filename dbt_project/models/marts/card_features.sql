@@ -1,6 +1,14 @@
-{{ config(unique_key=['card_id', 'feature_date']) }}
+{#- The delete reads only the dates this run builds, not every night the mart holds. -#}
+{{ config(
+    unique_key=['card_id', 'feature_date'],
+    incremental_predicates=[built_dates('DBT_INCREMENTAL_TARGET.feature_date')],
+) }}
 
 {%- set aggregates = mart_aggregates('card') %}
+{#- One-date runs add up the daily state, others the windowed events (macros/entity_state.sql). -#}
+{%- set daily = entity_state_enabled() %}
+-- depends_on: {{ ref('int_card_daily') }}
+-- depends_on: {{ ref('int_windowed_transactions') }}
 
 with
 
@@ -12,6 +20,10 @@ transactions as (
 ),
 
 windowed as not materialized (
+{%- if daily %}
+
+    {{ daily_windowed(ref('int_card_daily'), 'card_id', 30) }}
+{%- else %}
 
     -- a card's features look back 30 days, so a card has a row at D only with an event
     -- in those 30 days
@@ -28,14 +40,22 @@ windowed as not materialized (
     from {{ ref('int_windowed_transactions') }}
     where {{ built_dates() }} and {{ in_window(30) }}
 
+{%- endif %}
+
 ),
 
 first_seen as (
+{%- if daily %}
+
+    {{ daily_first_seen(ref('int_card_daily'), 'card_id') }}
+{%- else %}
 
     -- global first event = first event before D for every card with a row at D
     select card_id, min(event_time) as first_seen_at
     from transactions
     group by card_id
+
+{%- endif %}
 
 ),
 
@@ -46,7 +66,7 @@ distinct_values as (
 
 ),
 
-{{ window_features('windowed', 'card_id', aggregates, distinct='distinct_values') }},
+{{ window_features('windowed', 'card_id', aggregates, daily=daily, distinct='distinct_values') }},
 
 final as (
 

@@ -1,6 +1,14 @@
-{{ config(unique_key=['merchant_id', 'feature_date']) }}
+{#- The delete reads only the dates this run builds, not every night the mart holds. -#}
+{{ config(
+    unique_key=['merchant_id', 'feature_date'],
+    incremental_predicates=[built_dates('DBT_INCREMENTAL_TARGET.feature_date')],
+) }}
 
 {%- set aggregates = mart_aggregates('merchant') %}
+{#- One-date runs add up the daily state, others the windowed events (macros/entity_state.sql). -#}
+{%- set daily = entity_state_enabled() %}
+-- depends_on: {{ ref('int_merchant_daily') }}
+-- depends_on: {{ ref('int_windowed_transactions') }}
 {%- set prior_weight = var('merchant_fraud_prior_weight') %}
 
 with
@@ -13,6 +21,10 @@ transactions as (
 ),
 
 windowed as not materialized (
+{%- if daily %}
+
+    {{ daily_windowed(ref('int_merchant_daily'), 'merchant_id', 90) }}
+{%- else %}
 
     select
         feature_date,
@@ -26,13 +38,21 @@ windowed as not materialized (
     from {{ ref('int_windowed_transactions') }}
     where {{ built_dates() }}
 
+{%- endif %}
+
 ),
 
 first_seen as (
+{%- if daily %}
+
+    {{ daily_first_seen(ref('int_merchant_daily'), 'merchant_id') }}
+{%- else %}
 
     select merchant_id, min(event_time) as first_seen_at
     from transactions
     group by merchant_id
+
+{%- endif %}
 
 ),
 
@@ -51,7 +71,7 @@ distinct_values as (
 
 ),
 
-{{ window_features('windowed', 'merchant_id', aggregates, frauds='known_frauds', distinct='distinct_values') }},
+{{ window_features('windowed', 'merchant_id', aggregates, daily=daily, frauds='known_frauds', distinct='distinct_values') }},
 
 global_counts as (
 

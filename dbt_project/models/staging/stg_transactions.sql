@@ -10,6 +10,10 @@ renamed as (
 
     select
         event_id,
+        -- where the row is in the lake: the entity states (macros/entity_state.sql)
+        -- read only the files they have not merged yet
+        filename as lake_file,
+        source.event_date as lake_date,
         -- The UTC wall clock, from epoch microseconds: the same as a cast under the
         -- session's UTC time zone, but plain arithmetic (a cast goes through ICU per row:
         -- 4x slower, and every mart reads this view several times).

@@ -1,0 +1,16 @@
+{%- set plan = entity_state_plan(by_partition=true) %}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ entity_state_pre_hook(by_partition=true) }}",
+    post_hook=["{{ entity_state_post_hook('ledger') }}"],
+) }}
+
+{#-
+  The account daily state (macros/entity_state.sql): one row per account, lake partition and
+  day with what the account mart's windows add up, and the first and last event. Every
+  partition is kept (the first event is over the whole lake).
+-#}
+
+{{ entity_state_daily('account_id', plan) }}
