@@ -2,11 +2,14 @@
 
 Builds a ``--days`` history for ``--accounts`` accounts into a lake (or reuses one that an
 earlier run wrote with the same arguments, ``--lake``), then runs the real nightly job
-(:func:`streams.nightly.run_nightly`: dbt build, export, Feast apply, materialise) once per
+(:func:`streams.nightly.run_nightly`: dbt build, export, Feast apply, materialise) per
 online store, SQLite and Redis (a local ``redis-server``, started by
-:class:`streams.infra.redis.LocalRedis` for the run). History generation is timed and
-measured apart from the nightly runs, and each nightly run has a fresh process of its own
-(``spawn``), so one run's memory never counts against the next.
+:class:`streams.infra.redis.LocalRedis` for the run): first the night before (the first
+run in a new home: dbt builds its entity states from the whole lake), then the measured
+night, in the same home, which reads only what the lake got since (the run every later
+night is). History generation is timed and measured apart from the nightly runs, and each
+nightly run has a fresh process of its own (``spawn``), so one run's memory never counts
+against the next.
 
 Peak RSS per process: the nightly's Python process per step (the kernel's high-water mark,
 ``VmHWM``, reset through ``/proc/self/clear_refs`` as each step starts), dbt (its child:
@@ -207,7 +210,7 @@ def _local_redis(settings: Settings) -> Iterator[dict[str, Any]]:
     from streams.infra.redis import LocalRedis
 
     server = LocalRedis(settings)
-    server.up()
+    server.up(timeout=600)  # the night before left gigabytes to load
     facts: dict[str, Any] = {}
     try:
         yield facts
@@ -264,11 +267,11 @@ def run_store(
     return result
 
 
-def _store_settings(root: Path, lake: Path, store: str) -> Settings:
+def _store_settings(root: Path, lake: Path, store: str, *, fresh: bool) -> Settings:
     from streams.settings import Settings
 
     home = root / f"home-{store}"
-    if home.exists():
+    if fresh and home.exists():
         shutil.rmtree(home)
     port = _free_port()
     return Settings(
@@ -281,14 +284,16 @@ def _store_settings(root: Path, lake: Path, store: str) -> Settings:
     )
 
 
-def _child(connection: Any, root: str, lake: str, store: str, nightly_date: str) -> None:
+def _child(
+    connection: Any, root: str, lake: str, store: str, nightly_date: str, fresh: bool
+) -> None:
     """A spawned process's work: one nightly run; its result (or error) goes to the pipe."""
     try:
-        settings = _store_settings(Path(root), Path(lake), store)
+        settings = _store_settings(Path(root), Path(lake), store, fresh=fresh)
         result = run_store(
             settings,
             date.fromisoformat(nightly_date),
-            log=Path(root) / f"nightly-{store}.log",
+            log=Path(root) / f"nightly-{store}-{nightly_date}.log",
             progress=lambda message: connection.send(("progress", message)),
         )
         connection.send(("result", asdict(result)))
@@ -299,14 +304,21 @@ def _child(connection: Any, root: str, lake: str, store: str, nightly_date: str)
 
 
 def run_store_in_child(
-    root: Path, lake: Path, store: str, nightly_date: date, progress: Callable[[str], None]
+    root: Path,
+    lake: Path,
+    store: str,
+    nightly_date: date,
+    progress: Callable[[str], None],
+    *,
+    fresh: bool = True,
 ) -> StoreResult:
-    """:func:`run_store` in a fresh ``spawn`` process, progress relayed."""
+    """:func:`run_store` in a fresh ``spawn`` process, progress relayed; ``fresh``: in a new
+    home (else in the one the last run left)."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(
         target=_child,
-        args=(send, str(root), str(lake), store, nightly_date.isoformat()),
+        args=(send, str(root), str(lake), store, nightly_date.isoformat(), fresh),
         name=f"nightly-{store}",
     )
     process.start()
@@ -332,9 +344,19 @@ def run_store_in_child(
     return StoreResult(**payload)
 
 
-def summary(history: HistoryResult, results: list[StoreResult]) -> dict[str, Any]:
-    """The closing JSON object: the first store's run at the top level, every run below."""
+def summary(
+    history: HistoryResult,
+    results: list[StoreResult],
+    before: dict[str, StoreResult] | None = None,
+) -> dict[str, Any]:
+    """The closing JSON object: the first store's measured night at the top level, every
+    run below (``before``: each store's night before, when it ran)."""
     first = results[0]
+    before = before or {}
+
+    def night(r: StoreResult) -> dict[str, Any]:
+        return {"nightly_s": r.nightly_s, "steps_s": r.steps_s, "peak_rss_mb": r.peak_rss_mb}
+
     return {
         "accounts": history.accounts,
         "cards": history.cards,
@@ -351,10 +373,9 @@ def summary(history: HistoryResult, results: list[StoreResult]) -> dict[str, Any
         "rows": first.rows,
         "stores": {
             r.store: {
-                "nightly_s": r.nightly_s,
-                "steps_s": r.steps_s,
-                "peak_rss_mb": r.peak_rss_mb,
+                **night(r),
                 **r.extra,
+                **({"night_before": night(before[r.store])} if r.store in before else {}),
             }
             for r in results
         },
@@ -384,6 +405,13 @@ def summary(history: HistoryResult, results: list[StoreResult]) -> dict[str, Any
     default=None,
     help="Where the homes go (default: a temporary folder, removed at the end).",
 )
+@click.option(
+    "--night-before/--no-night-before",
+    default=True,
+    show_default=True,
+    help="Run the night before first, in the same home (its entity states are what the "
+    "measured night merges into); without: the measured night is a home's first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object.")
 def nightly(
     accounts: int,
@@ -392,6 +420,7 @@ def nightly(
     stores: str,
     lake: Path | None,
     workdir: Path | None,
+    night_before: bool,
     as_json: bool,
 ) -> None:
     """The nightly job (dbt, export, Feast apply, materialise) at ``--accounts`` accounts."""
@@ -416,16 +445,25 @@ def nightly(
         )
         nightly_date = END + timedelta(days=1)
         results: list[StoreResult] = []
+        before: dict[str, StoreResult] = {}
         for store in chosen:
+            if night_before:
+                previous = nightly_date - timedelta(days=1)
+                say(f"the night before, {previous} → {store} (a new home: {root})")
+                before[store] = run_store_in_child(root, history.lake, store, previous, say)
+                say(f"  {store}, the night before: {before[store].nightly_s:.1f}s "
+                    f"{before[store].steps_s}")  # fmt: skip
             say(f"nightly {nightly_date} → {store} (dbt's and Feast's output: {root})")
-            result = run_store_in_child(root, history.lake, store, nightly_date, say)
+            result = run_store_in_child(
+                root, history.lake, store, nightly_date, say, fresh=not night_before
+            )
             results.append(result)
             say(
                 f"  {store}: {result.nightly_s:.1f}s {result.steps_s} "
                 f"peak RSS {result.peak_rss_mb} MiB rows {result.rows}"
             )
             shutil.rmtree(root / f"home-{store}", ignore_errors=True)  # 23 GB at 1M (SQLite)
-        out = summary(history, results)
+        out = summary(history, results, before)
     if as_json:
         click.echo(orjson.dumps(out).decode())
 

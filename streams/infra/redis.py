@@ -75,6 +75,10 @@ def redis_server_config(port: int, data_dir: Path, password: str | None) -> str:
         # once a day, so the features survive a SIGKILL or a reboot.
         "appendonly yes",
         "appendfsync everysec",
+        # The append-only file is the persistence: no RDB snapshots besides it (Redis's
+        # default saves after 10,000 writes in a minute, a fork every minute of a nightly
+        # load, each copying the whole data set)
+        'save ""',
         'logfile ""',  # stdout: the log file start_detached appends to
         "loglevel notice",
     ]
