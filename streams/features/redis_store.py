@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -422,63 +421,6 @@ def check_reachable(settings: Settings) -> None:
         client.close()
 
 
-SNAPSHOT_TIMEOUT_S = 600.0
-
-
-def persist(client: Redis, where: str, timeout: float = SNAPSHOT_TIMEOUT_S) -> None:
-    """Make a finished materialisation durable on a Redis without an append-only file.
-
-    The features change once a night, all at once, so one snapshot (``BGSAVE``, written by
-    a fork) after the load persists them as an append-only file would, without logging
-    a hundred million field writes during the load (a quarter of Redis's time at a
-    million accounts); it is also one point in time: a server killed before the snapshot
-    ends restarts with the previous run and its marks. With ``appendonly yes`` this does
-    nothing. A server that refuses ``BGSAVE`` (renamed on managed services) gets a
-    WARNING; a snapshot that fails fails the run (a FeatureError)."""
-    from redis.exceptions import ResponseError
-
-    def state() -> tuple[bool, int, str]:
-        info: dict[str, Any] = client.info("persistence")  # type: ignore[assignment]
-        return (
-            bool(int(info.get("rdb_bgsave_in_progress", 0))),
-            int(info.get("rdb_saves", 0)),
-            str(info.get("rdb_last_bgsave_status", "ok")),
-        )
-
-    persistence: dict[str, Any] = client.info("persistence")  # type: ignore[assignment]
-    if int(persistence.get("aof_enabled", 0)):
-        return
-    deadline = time.monotonic() + timeout
-    while True:
-        running, saves, _ = state()
-        if not running:
-            try:
-                client.bgsave()
-                break
-            except ResponseError as exc:
-                if "in progress" not in str(exc):
-                    log.warning(
-                        "%s refused BGSAVE (%s): the features are on disk only when it saves",
-                        where, exc,
-                    )  # fmt: skip
-                    return
-        if time.monotonic() > deadline:
-            raise FeatureError(f"{where}: a snapshot running already did not end in {timeout:.0f}s")
-        time.sleep(0.1)  # another snapshot is being written: ours must come after it
-    while True:
-        running, done, status = state()
-        if not running and (done > saves or status != "ok"):
-            break
-        if time.monotonic() > deadline:
-            raise FeatureError(f"{where}: its snapshot (BGSAVE) did not end in {timeout:.0f} s")
-        time.sleep(0.1)
-    if status != "ok":
-        raise FeatureError(
-            f"{where} holds the new features but could not save them to disk (BGSAVE: "
-            f"{status}; the server's log says why)"
-        )
-
-
 @contextlib.contextmanager
 def materializing(
     settings: Settings,
@@ -518,7 +460,6 @@ def materializing(
                     mapping = {"run_id": run_id, "nightly_date": day.isoformat(), "rows": count}
                     pipe.hset(MARK_PREFIX + view, mapping=mapping)
                 pipe.execute()
-            persist(client, where)
         except (RedisError, OSError) as exc:
             raise _down(settings, exc) from None
     finally:

@@ -1,8 +1,8 @@
 """A local Redis server for the Feast online store: Debian's ``redis-server``, run by us.
 
 State under ``<home>/redis``: ``redis.conf`` (owner-only: it holds the password),
-``data/`` (the snapshot each nightly run saves after its load, so a restart keeps the
-features), ``redis.log`` and ``redis.pid``. The server listens on 127.0.0.1 at
+``data/`` (the append-only file and snapshots, so a restart keeps the features),
+``redis.log`` and ``redis.pid``. The server listens on 127.0.0.1 at
 ``STREAMSCORE_REDIS_PORT`` (16379), never on Redis's usual 6379: a system Redis that
 Debian's package may have started there is none of ours, and nothing here talks to it.
 It asks for the password clients are given (STREAMSCORE_REDIS_PASSWORD or the one in
@@ -71,14 +71,14 @@ def redis_server_config(port: int, data_dir: Path, password: str | None) -> str:
         "supervised no",
         "set-proc-title no",
         f"dir {_quote(str(data_dir))}",
-        # Persistence by snapshot: the nightly run, the only writer, saves one
-        # (BGSAVE) after each load and waits for it (streams.features.redis_store.persist),
-        # so the features survive a SIGKILL or a reboot. An append-only file would log
-        # every one of ~100 M field writes at a million accounts, a quarter of the load's
-        # time; Redis's default snapshot rules would fork every minute of it.
-        "appendonly no",
+        # Every write is in the append-only file within a second; the nightly run writes
+        # once a day, so the features survive a SIGKILL or a reboot.
+        "appendonly yes",
+        "appendfsync everysec",
+        # The append-only file is the persistence: no RDB snapshots besides it (Redis's
+        # default saves after 10,000 writes in a minute, a fork every minute of a nightly
+        # load, each copying the whole data set)
         'save ""',
-        'dbfilename "dump.rdb"',
         'logfile ""',  # stdout: the log file start_detached appends to
         "loglevel notice",
     ]

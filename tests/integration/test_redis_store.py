@@ -260,7 +260,7 @@ def test_redis_killed_mid_run_keeps_the_served_run_and_says_so(
     assert (online.lookup([account], ["nope"], ["nope"])[0] == before).all()
     assert _series(metrics)['streamscore_features_age_seconds{source="redis"}'] > 0
 
-    # Started again by the same code on the same data (the nightly's snapshot): the next
+    # Started again by the same code on the same data (the append-only file): the next
     # reload reads the newer run from Redis.
     assert redis.up().detail == "started"
     snapshot = online.fetch_newer()

@@ -27,7 +27,6 @@ from streams.features.redis_store import (
     entity_key_head,
     feature_fields,
     materializing,
-    persist,
     read_mark,
     read_run_views,
     read_view,
@@ -62,42 +61,9 @@ def _glob(pattern: bytes) -> re.Pattern[bytes]:
 class FakeRedis:
     """The commands Feast's writer and our reader send, on dicts; ``down`` refuses all."""
 
-    def __init__(self, aof: bool = False) -> None:
+    def __init__(self) -> None:
         self.data: dict[bytes, dict[bytes, bytes]] = {}
         self.down = False
-        # persistence, as INFO persistence reports it: a BGSAVE is "in progress" for
-        # ``save_polls`` INFO calls, then ends with ``save_status``
-        self.aof = aof
-        self.saves = 0
-        self.saving = 0
-        self.save_polls = 2
-        self.save_status = "ok"
-        self.bgsave_calls = 0
-        self.refuse_bgsave: str | None = None
-
-    def info(self, section: str) -> dict[str, Any]:
-        self._check()
-        assert section == "persistence"
-        if self.saving:
-            self.saving -= 1
-            if not self.saving and self.save_status == "ok":
-                self.saves += 1
-        return {
-            "aof_enabled": int(self.aof),
-            "rdb_bgsave_in_progress": int(bool(self.saving)),
-            "rdb_saves": self.saves,
-            "rdb_last_bgsave_status": self.save_status if self.bgsave_calls else "ok",
-        }
-
-    def bgsave(self) -> bool:
-        self._check()
-        if self.refuse_bgsave:
-            raise redis.exceptions.ResponseError(self.refuse_bgsave)
-        if self.saving:
-            raise redis.exceptions.ResponseError("Background save already in progress")
-        self.bgsave_calls += 1
-        self.saving = self.save_polls
-        return True
 
     def _check(self) -> None:
         if self.down:
@@ -412,47 +378,3 @@ def test_metrics_say_whether_the_store_answers_and_how_old_the_served_run_is() -
     assert list(age) == ['source="export"'] and 86_400 <= age['source="export"'] < 2 * 86_400
     metrics.watch_features(_Served(None, "export", yesterday))  # SQLite: no store to check
     assert _series(metrics.exposition().decode(), "streamscore_feature_store_up") == {}
-
-
-# -- persist: the snapshot after a load ----------------------------------------------------
-
-
-def test_persist_snapshots_after_the_load_and_waits_for_it() -> None:
-    client = FakeRedis()
-    persist(client, "the Redis online store")  # type: ignore[arg-type]
-    assert (client.bgsave_calls, client.saves, client.saving) == (1, 1, 0)
-
-
-def test_persist_does_nothing_with_an_append_only_file() -> None:
-    client = FakeRedis(aof=True)
-    persist(client, "the Redis online store")  # type: ignore[arg-type]
-    assert client.bgsave_calls == 0
-
-
-def test_persist_waits_for_a_snapshot_already_running_then_saves_its_own() -> None:
-    client = FakeRedis()
-    client.saving = 3  # someone else's BGSAVE: ours must start after it, with the new data
-    persist(client, "the Redis online store")  # type: ignore[arg-type]
-    assert (client.bgsave_calls, client.saves) == (1, 2)
-
-
-def test_a_failed_snapshot_fails_the_run_and_says_so() -> None:
-    client = FakeRedis()
-    client.save_status = "err"
-    with pytest.raises(FeatureError, match=r"could not save them to disk \(BGSAVE: err"):
-        persist(client, "the Redis online store")  # type: ignore[arg-type]
-
-
-def test_a_refused_bgsave_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    client = FakeRedis()
-    client.refuse_bgsave = "ERR unknown command 'bgsave'"
-    with caplog.at_level(logging.WARNING):
-        persist(client, "the Redis online store")  # type: ignore[arg-type]
-    assert "refused BGSAVE" in caplog.text and client.saves == 0
-
-
-def test_materialising_ends_with_the_snapshot(tmp_path: Path) -> None:
-    client = FakeRedis()
-    with materializing(_settings(tmp_path), "run-1", DAY, {"account": 1}, client=client):  # type: ignore[arg-type]
-        assert client.bgsave_calls == 0  # not before the features and marks are in
-    assert (client.bgsave_calls, client.saves) == (1, 1)
