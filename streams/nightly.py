@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -143,7 +143,7 @@ def _run_nightly(
     output: Path | None,
 ) -> NightlyRun:
     from streams.clickhouse import apply_migrations, connect
-    from streams.features.redis_store import check_reachable, materializing
+    from streams.features.redis_store import check_reachable, held_runs, materializing
     from streams.features.registry import load_service_layout
 
     end = nightly_date or datetime.now(UTC).date()
@@ -186,12 +186,10 @@ def _run_nightly(
                 )
             with step("feast_apply"), feast_output_to(log):
                 store = _feast_apply(settings)
-            with (
-                step("materialize"),
-                feast_output_to(log),
-                materializing(settings, run_id, end, rows),  # Redis: marks, errors named
-            ):
-                _materialize_bulk(settings, store, layout, end)
+            with step("materialize"), feast_output_to(log):
+                held = held_runs(settings, layout)  # Redis: what it holds, by its marks
+                with materializing(settings, run_id, end, rows):  # Redis: marks, errors named
+                    _materialize_bulk(settings, store, layout, end, held)
         except Exception as exc:
             discard_run_export(settings, run_id)  # only successful runs are served or replayed
             message = (
@@ -408,10 +406,18 @@ def _materialize(store: object, layout: ServiceLayout, day: date) -> None:
     )
 
 
-def _materialize_bulk(settings: Settings, store: object, layout: ServiceLayout, day: date) -> None:
+def _materialize_bulk(
+    settings: Settings,
+    store: object,
+    layout: ServiceLayout,
+    day: date,
+    held: Mapping[str, Path] | None = None,
+) -> None:
     """``_materialize`` through the bulk writer (streams.features.bulk_write): the same rows
     in Feast's layout from Feast's registry objects, written in one transaction (SQLite)
-    or pipelined batches (Redis) instead of one value at a time; minutes at 1 M entities."""
+    or pipelined batches (Redis) instead of one value at a time; minutes at 1 M entities.
+    ``held`` (Redis): per view, the rows its store holds (only the values that differ are
+    sent)."""
     from streams.features.bulk_write import materialize_views
 
     midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -427,6 +433,7 @@ def _materialize_bulk(settings: Settings, store: object, layout: ServiceLayout, 
             midnight - timedelta(hours=12),
             midnight + timedelta(hours=12),
             redis=redis,
+            held=held,
         )
     finally:
         if redis is not None:

@@ -58,6 +58,8 @@ from streams.features.store import ENTITY_KEY_SERIALIZATION_VERSION, PROJECT, re
 from streams.redact import redact
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from redis import Redis
 
     from streams.features.registry import ServiceLayout, ViewLayout
@@ -75,6 +77,7 @@ __all__ = [
     "entity_key_head",
     "feature_fields",
     "feature_timestamp",
+    "held_runs",
     "materializing",
     "read_mark",
     "read_view",
@@ -419,6 +422,46 @@ def check_reachable(settings: Settings) -> None:
         raise _down(settings, exc) from None
     finally:
         client.close()
+
+
+def held_runs(
+    settings: Settings, layout: ServiceLayout, client: Redis | None = None
+) -> dict[str, Path]:
+    """Per view, the kept export (streams.features.run_exports) of the run the Redis store
+    holds in full, by the view's mark (set only after a whole write, removed before the
+    next): the bulk writer then sends only the values that differ from it. Views with no
+    mark, no kept export or one that fails its sha256, a server that has evicted keys, or
+    Redis not answering: none (every field is written) and a WARNING saying why."""
+    if settings.online_store != "redis":
+        return {}
+    from redis.exceptions import RedisError
+
+    from streams.features.run_exports import read_manifest, verified_files
+
+    own = client is None
+    client = client or redis_client(settings)
+    held: dict[str, Path] = {}
+    try:
+        stats: dict[str, Any] = client.info("stats")  # type: ignore[assignment]
+        if int(stats.get("evicted_keys", 0)):
+            log.warning(
+                "the Redis online store has evicted %s keys: writing every field of every view",
+                stats["evicted_keys"],
+            )
+            return {}
+        for view in layout.views:
+            mark = read_mark(client, view.name)
+            manifest = read_manifest(settings, mark.run_id) if mark is not None else None
+            if mark is None or manifest is None or manifest.nightly_date != mark.nightly_date:
+                continue
+            held[view.name] = verified_files(settings, manifest, [view.model])[view.model]
+    except (RedisError, OSError, FeatureError) as exc:
+        log.warning("what the Redis online store holds is unknown (%s): writing every field", exc)
+        return {}
+    finally:
+        if own:
+            client.close()
+    return held
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -346,8 +347,64 @@ def test_redis_commands_are_the_hsets_feast_sends(tmp_path: Path) -> None:
         for name, mapping in recording.calls
     }
     plan = bulk_write.view_plan(view, tmp_path)
-    ours = bulk_write._hset_commands(plan, rows, b"proj", _timestamp(DAY))
+    ours, fields = bulk_write._hset_commands(plan, rows, b"proj", _timestamp(DAY))
     assert ours == b"".join(expected[name] for name, _ in recording.calls)
+    assert fields == 40 * len(plan.features)
+
+
+def _apply_resp(store: dict[bytes, dict[bytes, bytes]], commands: bytes) -> int:
+    """Apply RESP-encoded HSETs to a dict of hashes, as Redis would; how many were read."""
+    at, seen = 0, 0
+    while at < len(commands):
+        assert commands[at : at + 1] == b"*"
+        end = commands.index(b"\r\n", at)
+        count, at = int(commands[at + 1 : end]), end + 2
+        parts = []
+        for _ in range(count):
+            end = commands.index(b"\r\n", at)
+            size = int(commands[at + 1 : end])
+            parts.append(commands[end + 2 : end + 2 + size])
+            at = end + 2 + size + 2
+        assert parts[0] == b"HSET" and count % 2 == 0
+        store.setdefault(parts[1], {}).update(zip(parts[2::2], parts[3::2], strict=True))
+        seen += 1
+    return seen
+
+
+def test_a_write_of_changed_fields_leaves_the_hashes_a_full_write_leaves(tmp_path: Path) -> None:
+    """Night 2 over night 1: sending only the values that differ from what the store holds
+    ends with every hash byte for byte as sending all of them; a new entity gets all."""
+    _, view = _objects(tmp_path)
+    plan = bulk_write.view_plan(view, tmp_path)
+    night1 = _rows(60, DAY, seed=3)
+    night2 = _rows(60, DAY + timedelta(days=1), seed=3)  # same entities, same order
+    # a third of the counts and amounts change, a few ratios turn NaN, one entity is new
+    count = night2.column("count_1d").to_numpy().copy()
+    count[::3] += 1
+    ratio = night2.column("ratio").to_numpy().copy()
+    ratio[1::9] = np.nan
+    ids = night2.column("thing_id").to_pylist()
+    ids[4] = "t_new"
+    night2 = night2.set_column(0, "thing_id", pa.array(ids))
+    night2 = night2.set_column(2, "count_1d", pa.array(count))
+    night2 = night2.set_column(4, "ratio", pa.array(ratio))
+
+    full: dict[bytes, dict[bytes, bytes]] = {}
+    first, _ = bulk_write._hset_commands(plan, night1, b"proj", _timestamp(DAY))
+    _apply_resp(full, first)
+    changed = {key: dict(fields) for key, fields in full.items()}
+    stamp = _timestamp(DAY + timedelta(days=1))
+    everything, sent_all = bulk_write._hset_commands(plan, night2, b"proj", stamp)
+    _apply_resp(full, everything)
+
+    held = night1.select(["thing_id", *(f for f, _ in plan.features)])
+    where = pc.index_in(night2.column("thing_id"), value_set=held.column("thing_id"))
+    commands, sent = bulk_write._hset_commands(
+        plan, night2, b"proj", stamp, held.take(pc.fill_null(where, 0)), pc.is_null(where)
+    )
+    assert _apply_resp(changed, commands) == 60  # every entity: its _ts at least
+    assert changed == full
+    assert sent_all == 60 * len(plan.features) and 0 < sent < sent_all / 2
 
 
 def _timestamp(moment: datetime) -> bytes:
