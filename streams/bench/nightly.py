@@ -403,7 +403,8 @@ def summary(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Where the homes go (default: a temporary folder, removed at the end).",
+    help="Where the homes go, kept for a look afterwards (default: a temporary folder, "
+    "each home removed after its store's runs).",
 )
 @click.option(
     "--night-before/--no-night-before",
@@ -462,7 +463,8 @@ def nightly(
                 f"  {store}: {result.nightly_s:.1f}s {result.steps_s} "
                 f"peak RSS {result.peak_rss_mb} MiB rows {result.rows}"
             )
-            shutil.rmtree(root / f"home-{store}", ignore_errors=True)  # 23 GB at 1M (SQLite)
+            if workdir is None:  # a temporary folder's homes go now: 23 GB at 1M (SQLite)
+                shutil.rmtree(root / f"home-{store}", ignore_errors=True)
         out = summary(history, results, before)
     if as_json:
         click.echo(orjson.dumps(out).decode())

@@ -69,6 +69,7 @@ __all__ = [
     "latest_per_entity",
     "materialize_views",
     "read_latest",
+    "same_encoding",
     "value_texts",
     "view_plan",
     "write_redis",
@@ -272,6 +273,42 @@ def _with_nulls(values: pa.Array, present: npt.NDArray[np.bool_]) -> pa.Array:
     return _binary(data[: int(lengths.sum())], sizes)
 
 
+def _comparable(
+    column: pa.Array | pa.ChunkedArray, kind: str
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+    """Each value as ``encode_values`` encodes it, in a form numpy compares (a float's
+    bits, so ``-0.0`` is not ``0.0``), and where none is encoded (null or NaN)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if kind in _WIDTH:
+        dtype = np.dtype(np.float64 if kind == "DOUBLE" else np.float32)
+        numbers = np.asarray(
+            array.cast(pa.from_numpy_dtype(dtype.type))
+            .fill_null(np.nan)
+            .to_numpy(zero_copy_only=False),
+            dtype=dtype,
+        )
+        return numbers.view(np.int64 if dtype.itemsize == 8 else np.int32), np.isnan(numbers)
+    target = pa.bool_() if kind == "BOOL" else pa.int32() if kind == "INT32" else pa.int64()
+    try:
+        typed = array.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise FeatureError(f"a {kind} feature holds values that are not {kind}: {exc}") from exc
+    missing = ~np.asarray(typed.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    filled = typed.fill_null(False if kind == "BOOL" else 0)
+    return np.asarray(filled.to_numpy(zero_copy_only=False)), missing
+
+
+def same_encoding(
+    now: pa.Array | pa.ChunkedArray, held: pa.Array | pa.ChunkedArray, kind: str
+) -> npt.NDArray[np.bool_]:
+    """Row by row: does ``encode_values`` give ``now`` and ``held`` the same bytes? Decided
+    on the values, without encoding ``held``."""
+    a, a_missing = _comparable(now, kind)
+    b, b_missing = _comparable(held, kind)
+    same: npt.NDArray[np.bool_] = (a_missing & b_missing) | (~a_missing & ~b_missing & (a == b))
+    return same
+
+
 def encode_values(column: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
     """``ValueProto(<kind>_val=v).SerializeToString()`` for each value; a null (or NaN,
     which Feast takes for a null) gives Feast's empty ``ValueProto``: no bytes."""
@@ -471,27 +508,27 @@ def _hset_commands(
     from feast.infra.online_stores.helpers import _mmh3
 
     keys = _join([encode_entity_keys(plan.join_key, part.column(plan.join_key)), project])
-    written = pa.array(np.zeros(part.num_rows, dtype=np.int64)) if before is not None else None
-    if isinstance(is_new, pa.ChunkedArray):
-        is_new = is_new.combine_chunks()
+    written = np.zeros(part.num_rows, dtype=np.int64) if before is not None else None
+    new = None
+    if is_new is not None:
+        new = np.asarray(is_new.to_numpy(zero_copy_only=False), dtype=bool)
     fields: list[bytes | pa.Array] = []
     for feature, kind in plan.features:
         values = encode_values(part.column(feature), kind)
         field = [_bulk_string(_mmh3(f"{plan.name}:{feature}")) + b"$", _decimal(values), b"\r\n"]
-        if before is None or written is None or is_new is None:
+        if before is None or written is None or new is None:
             fields += [*field, values, b"\r\n"]
             continue
-        held = encode_values(before.column(feature), kind)
-        write = pc.or_(is_new, pc.invert(pc.equal(values, held)))
-        fields.append(pc.if_else(write, _join([*field, values, b"\r\n"]), b""))
-        written = pc.add(written, write.cast(pa.int64()))
+        write = new | ~same_encoding(part.column(feature), before.column(feature), kind)
+        fields.append(pc.if_else(pa.array(write), _join([*field, values, b"\r\n"]), b""))
+        written += write
     head = b"\r\n" + _bulk_string(HSET_TS.format(plan.name).encode()) + _bulk_string(stamp)
     if written is None:
         count = part.num_rows * len(plan.features)
         arguments: bytes | pa.Array = f"*{2 + 2 * (1 + len(plan.features))}".encode()
     else:
-        count = int(pc.sum(written).as_py() or 0)
-        sizes = pc.multiply(pc.add(written, 2), 2).cast(pa.string()).cast(pa.binary())
+        count = int(written.sum())
+        sizes = pa.array((written + 2) * 2).cast(pa.string()).cast(pa.binary())
         arguments = _join([b"*", sizes])
     pieces: list[bytes | pa.Array] = [
         arguments, b"\r\n" + _bulk_string(b"HSET") + b"$", _decimal(keys), b"\r\n", keys, head,

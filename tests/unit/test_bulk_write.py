@@ -470,3 +470,28 @@ def test_an_error_reply_or_a_closed_connection_is_redis_pys_error() -> None:
     closed = _FakeConnection([b":3\r\n"])
     with pytest.raises(RedisConnectionError, match="closed the connection during HSETs of view"):
         bulk_write._pipeline(closed, iter([(b"x", 2)]), "thing")
+
+
+@pytest.mark.parametrize("kind", ["DOUBLE", "FLOAT", "INT64", "INT32", "BOOL"])
+def test_same_encoding_is_equal_encoded_bytes(kind: str) -> None:
+    """Deciding on the values says what comparing the encoded bytes would: -0.0 is not 0.0,
+    NaN and null are both no value, 1e-40 survives float32 as a denormal."""
+    if kind in ("DOUBLE", "FLOAT"):
+        pool: list[Any] = [0.0, -0.0, 1.5, float("nan"), None, 1e-40, 3.0]
+    elif kind == "BOOL":
+        pool = [True, False, None]
+    else:
+        pool = [0, 1, -1, 2**31 - 1, None, 127, 128]
+    pairs = [(a, b) for a in pool for b in pool]
+    now = pa.array([a for a, _ in pairs])
+    held = pa.array([b for _, b in pairs])
+    expected = [
+        x == y
+        for x, y in zip(
+            bulk_write.encode_values(now, kind).to_pylist(),
+            bulk_write.encode_values(held, kind).to_pylist(),
+            strict=True,
+        )
+    ]
+    assert bulk_write.same_encoding(now, held, kind).tolist() == expected
+    assert not all(expected) and any(expected)
