@@ -73,6 +73,7 @@ __all__ = [
     "RedisFeatures",
     "ViewRows",
     "check_reachable",
+    "compact_after_load",
     "decode_values",
     "entity_key_head",
     "feature_fields",
@@ -424,6 +425,27 @@ def check_reachable(settings: Settings) -> None:
         client.close()
 
 
+def compact_after_load(client: Redis, where: str) -> None:
+    """Start the append-only file's rewrite (``BGREWRITEAOF``) after a load, on a server
+    that leaves it to its clients (``auto-aof-rewrite-percentage 0``, as
+    streams.infra.redis configures its own): the file then holds each feature once, not
+    every night's writes. Not waited for; a server that rewrites by itself, keeps no such
+    file or refuses the commands is left alone (logged)."""
+    from redis.exceptions import RedisError
+
+    try:
+        persistence: dict[str, Any] = client.info("persistence")  # type: ignore[assignment]
+        if not int(persistence.get("aof_enabled", 0)):
+            return
+        rule: dict[str, Any] = client.config_get("auto-aof-rewrite-percentage")  # type: ignore[assignment]
+        if str(rule.get("auto-aof-rewrite-percentage", "")) != "0":
+            return
+        client.bgrewriteaof()  # type: ignore[no-untyped-call]
+        log.info("%s: rewriting its append-only file after the load", where)
+    except RedisError as exc:
+        log.warning("%s: its append-only file was not rewritten after the load (%s)", where, exc)
+
+
 def held_runs(
     settings: Settings, layout: ServiceLayout, client: Redis | None = None
 ) -> dict[str, Path]:
@@ -505,5 +527,6 @@ def materializing(
                 pipe.execute()
         except (RedisError, OSError) as exc:
             raise _down(settings, exc) from None
+        compact_after_load(client, where)
     finally:
         client.close()

@@ -79,6 +79,10 @@ def redis_server_config(port: int, data_dir: Path, password: str | None) -> str:
         # default saves after 10,000 writes in a minute, a fork every minute of a nightly
         # load, each copying the whole data set)
         'save ""',
+        # ... and the nightly run compacts it after each load (BGREWRITEAOF:
+        # streams.features.redis_store.compact_after_load), not Redis in the middle of one
+        # (a fork copying the data set while it is written, on the core the writer needs)
+        "auto-aof-rewrite-percentage 0",
         'logfile ""',  # stdout: the log file start_detached appends to
         "loglevel notice",
     ]

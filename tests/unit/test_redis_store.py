@@ -61,9 +61,26 @@ def _glob(pattern: bytes) -> re.Pattern[bytes]:
 class FakeRedis:
     """The commands Feast's writer and our reader send, on dicts; ``down`` refuses all."""
 
-    def __init__(self) -> None:
+    def __init__(self, auto_rewrite: str = "0") -> None:
         self.data: dict[bytes, dict[bytes, bytes]] = {}
         self.down = False
+        self.auto_rewrite = auto_rewrite  # auto-aof-rewrite-percentage
+        self.rewrites = 0
+
+    def info(self, section: str) -> dict[str, Any]:
+        self._check()
+        assert section == "persistence"
+        return {"aof_enabled": 1}
+
+    def config_get(self, name: str) -> dict[str, str]:
+        self._check()
+        assert name == "auto-aof-rewrite-percentage"
+        return {name: self.auto_rewrite}
+
+    def bgrewriteaof(self) -> bool:
+        self._check()
+        self.rewrites += 1
+        return True
 
     def _check(self) -> None:
         if self.down:
@@ -378,3 +395,13 @@ def test_metrics_say_whether_the_store_answers_and_how_old_the_served_run_is() -
     assert list(age) == ['source="export"'] and 86_400 <= age['source="export"'] < 2 * 86_400
     metrics.watch_features(_Served(None, "export", yesterday))  # SQLite: no store to check
     assert _series(metrics.exposition().decode(), "streamscore_feature_store_up") == {}
+
+
+@pytest.mark.parametrize(("auto_rewrite", "rewrites"), [("0", 1), ("100", 0)])
+def test_a_load_ends_with_the_append_only_files_rewrite_when_left_to_clients(
+    tmp_path: Path, auto_rewrite: str, rewrites: int
+) -> None:
+    client = FakeRedis(auto_rewrite)
+    with materializing(_settings(tmp_path), "run-1", DAY, {"account": 1}, client=client):  # type: ignore[arg-type]
+        assert client.rewrites == 0  # after the features and their marks, not before
+    assert client.rewrites == rewrites
