@@ -24,8 +24,10 @@ exactly what Feast would write, from the same registry objects, in bulk:
 * Redis (one hash per entity, ``mmh3("<view>:<feature>")`` fields and ``_ts:<view>``):
   ``HSET`` commands encoded as RESP with Arrow and numpy, ``REDIS_BATCH`` entities at a
   time, sent and their replies counted on a second thread while the next batch is
-  encoded (Redis, single-threaded, is then the only limit); as with Feast's
-  ``skip_dedup``, the last write wins. Redis's failures are redis-py's exceptions.
+  encoded; as with Feast's ``skip_dedup``, the last write wins. Given the rows the store
+  holds (``held``: the last run written in full, by the views' marks), only the fields
+  whose value differs are sent, and each hash ends as a full write would leave it.
+  Redis's failures are redis-py's exceptions.
 
 After each view, the materialisation interval is recorded in Feast's registry
 (``apply_materialization``), as ``FeatureStore.materialize`` does. On a nightly run, every
