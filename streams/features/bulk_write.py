@@ -275,47 +275,13 @@ def _with_nulls(values: pa.Array, present: npt.NDArray[np.bool_]) -> pa.Array:
     return _binary(data[: int(lengths.sum())], sizes)
 
 
-def _comparable(
+def _numbers(
     column: pa.Array | pa.ChunkedArray, kind: str
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
-    """Each value as ``encode_values`` encodes it, in a form numpy compares (a float's
-    bits, so ``-0.0`` is not ``0.0``), and where none is encoded (null or NaN)."""
+    """The values of ``column`` as ``kind``'s numpy type (floats little-endian, a null as
+    NaN; ints and bools with nulls filled), and where a value is encoded (not null, not
+    NaN): what ``encode_values`` and ``same_encoding`` read."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if kind in _WIDTH:
-        dtype = np.dtype(np.float64 if kind == "DOUBLE" else np.float32)
-        numbers = np.asarray(
-            array.cast(pa.from_numpy_dtype(dtype.type))
-            .fill_null(np.nan)
-            .to_numpy(zero_copy_only=False),
-            dtype=dtype,
-        )
-        return numbers.view(np.int64 if dtype.itemsize == 8 else np.int32), np.isnan(numbers)
-    target = pa.bool_() if kind == "BOOL" else pa.int32() if kind == "INT32" else pa.int64()
-    try:
-        typed = array.cast(target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise FeatureError(f"a {kind} feature holds values that are not {kind}: {exc}") from exc
-    missing = ~np.asarray(typed.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    filled = typed.fill_null(False if kind == "BOOL" else 0)
-    return np.asarray(filled.to_numpy(zero_copy_only=False)), missing
-
-
-def same_encoding(
-    now: pa.Array | pa.ChunkedArray, held: pa.Array | pa.ChunkedArray, kind: str
-) -> npt.NDArray[np.bool_]:
-    """Row by row: does ``encode_values`` give ``now`` and ``held`` the same bytes? Decided
-    on the values, without encoding ``held``."""
-    a, a_missing = _comparable(now, kind)
-    b, b_missing = _comparable(held, kind)
-    same: npt.NDArray[np.bool_] = (a_missing & b_missing) | (~a_missing & ~b_missing & (a == b))
-    return same
-
-
-def encode_values(column: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
-    """``ValueProto(<kind>_val=v).SerializeToString()`` for each value; a null (or NaN,
-    which Feast takes for a null) gives Feast's empty ``ValueProto``: no bytes."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    tag = _TAGS[kind]
     if kind in _WIDTH:
         dtype = np.dtype(np.float64 if kind == "DOUBLE" else np.float32).newbyteorder("<")
         numbers = np.asarray(
@@ -324,12 +290,7 @@ def encode_values(column: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
             .to_numpy(zero_copy_only=False),
             dtype=dtype,
         )
-        present = ~np.isnan(numbers)
-        kept = numbers[present]
-        fixed = np.empty((len(kept), dtype.itemsize + 1), dtype=np.uint8)
-        fixed[:, 0] = tag
-        fixed[:, 1:] = kept.view(np.uint8).reshape(len(kept), dtype.itemsize)
-        return _with_nulls(_fixed(fixed), present)
+        return numbers, ~np.isnan(numbers)
     target = pa.bool_() if kind == "BOOL" else pa.int32() if kind == "INT32" else pa.int64()
     try:
         typed = array.cast(target)
@@ -337,9 +298,36 @@ def encode_values(column: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
         raise FeatureError(f"a {kind} feature holds values that are not {kind}: {exc}") from exc
     present = np.asarray(typed.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     filled = typed.fill_null(False if kind == "BOOL" else 0)
+    return np.asarray(filled.to_numpy(zero_copy_only=False)), present
+
+
+def same_encoding(
+    now: pa.Array | pa.ChunkedArray, held: pa.Array | pa.ChunkedArray, kind: str
+) -> npt.NDArray[np.bool_]:
+    """Row by row: does ``encode_values`` give ``now`` and ``held`` the same bytes? Decided
+    on the values, without encoding ``held``."""
+    a, a_present = _numbers(now, kind)
+    b, b_present = _numbers(held, kind)
+    if kind in _WIDTH:  # by bits: -0.0 is not 0.0
+        a, b = a.view(f"<i{a.itemsize}"), b.view(f"<i{b.itemsize}")
+    same: npt.NDArray[np.bool_] = (~a_present & ~b_present) | (a_present & b_present & (a == b))
+    return same
+
+
+def encode_values(column: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
+    """``ValueProto(<kind>_val=v).SerializeToString()`` for each value; a null (or NaN,
+    which Feast takes for a null) gives Feast's empty ``ValueProto``: no bytes."""
+    tag = _TAGS[kind]
+    numbers, present = _numbers(column, kind)
+    if kind in _WIDTH:
+        kept = numbers[present]
+        fixed = np.empty((len(kept), kept.dtype.itemsize + 1), dtype=np.uint8)
+        fixed[:, 0] = tag
+        fixed[:, 1:] = kept.view(np.uint8).reshape(len(kept), kept.dtype.itemsize)
+        return _with_nulls(_fixed(fixed), present)
     # int32 and int64 go on the wire as the 64-bit two's complement (negatives: 10 bytes)
-    numbers = np.asarray(filled.to_numpy(zero_copy_only=False)).astype(np.int64).view(np.uint64)
-    return _with_nulls(_varints(numbers[present], tag), present)
+    wire = numbers.astype(np.int64).view(np.uint64)
+    return _with_nulls(_varints(wire[present], tag), present)
 
 
 def value_texts(column: pa.Array | pa.ChunkedArray, kind: str) -> list[str | None]:
